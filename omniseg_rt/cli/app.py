@@ -1,0 +1,54 @@
+"""The Typer application, its global options and the error-to-exit-code rule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from omniseg_rt import __version__
+
+app = typer.Typer(
+    name="omniseg-rt",
+    help="Omni-Seg kidney tissue segmentation: export, build engines, segment whole slides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"omniseg-rt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Omni-Seg kidney tissue segmentation: export, build engines, segment whole slides."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, handlers=[RichHandler(show_path=False)], format="%(message)s", force=True)
+
+
+def _register() -> None:
+    # Command modules import only core packages at module level (rule: --help works without torch).
+    from omniseg_rt.cli import inspect_cmd, tissues_cmd
+
+    for module in (inspect_cmd, tissues_cmd):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="omniseg-rt")
