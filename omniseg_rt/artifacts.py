@@ -11,7 +11,7 @@ from omniseg_rt.errors import InvalidInputError, MissingFileError
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready description of a checkpoint (more artefact kinds join as stages land).
+    """A JSON-ready description of a checkpoint or an exported graph.
 
     Raises:
         MissingFileError: nothing at ``path``.
@@ -21,8 +21,27 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not target.exists():
         raise MissingFileError(f"{target}: no such file or directory")
     if target.is_dir():
-        raise InvalidInputError(f"{target}: is a directory; expected a checkpoint file (.pth)")
+        raise InvalidInputError(f"{target}: is a directory; expected a checkpoint (.pth) or a graph (.onnx)")
+    if target.suffix.lower() == ".onnx":
+        return describe_graph(target)
     require("torch", "read PyTorch checkpoints")
     from omniseg_rt.model.checkpoint import describe_checkpoint
 
     return describe_checkpoint(target)
+
+
+def describe_graph(path: Path) -> dict[str, Any]:
+    """An exported graph: its manifest (sidecar, hash-checked) plus the graph's own metadata_props."""
+    from omniseg_rt.graph_manifest import read_manifest
+
+    manifest = read_manifest(path)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    embedded = session.get_modelmeta().custom_metadata_map
+    inputs = [{"name": i.name, "type": i.type, "shape": i.shape} for i in session.get_inputs()]
+    outputs = [{"name": o.name, "type": o.type, "shape": o.shape} for o in session.get_outputs()]
+    return {"kind": "onnx", "path": str(path), "bytes": path.stat().st_size, **manifest,
+            "graph_inputs": inputs, "graph_outputs": outputs, "metadata_props": sorted(embedded)}

@@ -26,3 +26,7 @@ class CheckpointError(InvalidInputError):
 
 class MissingDependencyError(OmnisegError, ImportError):
     """An optional package is needed for this operation but is not installed."""
+
+
+class ExportError(OmnisegError, RuntimeError):
+    """An export produced a graph that fails its checks (rules or numerical parity)."""

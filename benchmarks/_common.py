@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: real windows, timing, environment, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OMNISEG_SHARED", REPO.parent / "shared"))
+PATCHES = SHARED / "data" / "kidney_patches"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def real_windows(count: int, size: int = 512, seed: int = 0) -> np.ndarray:
+    """``count`` windows of real kidney tissue: uint8 [count, 3, size, size].
+
+    Each window is a mosaic of 256x256 real patches (the shared data has no larger images),
+    drawn without replacement from all tissue folders with a fixed seed.
+    """
+    paths = sorted(p for p in PATCHES.rglob("im_*.png") if "_mask_" not in p.name)
+    rng = np.random.default_rng(seed)
+    per_side = -(-size // 256)
+    picks = rng.choice(len(paths), size=count * per_side * per_side, replace=False)
+    tiles = [np.asarray(Image.open(paths[i]).convert("RGB")) for i in picks]
+    windows = []
+    for w in range(count):
+        own = tiles[w * per_side * per_side:(w + 1) * per_side * per_side]
+        rows = [np.concatenate(own[r * per_side:(r + 1) * per_side], axis=1) for r in range(per_side)]
+        windows.append(np.concatenate(rows, axis=0)[:size, :size].transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(windows))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` calls of ``fn`` (after the caller's warm-up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def environment() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
