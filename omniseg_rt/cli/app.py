@@ -33,9 +33,12 @@ def _root(
 ) -> None:
     """Omni-Seg kidney tissue segmentation: export, build engines, segment whole slides."""
     level = logging.WARNING - 10 * min(verbose, 2)
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level, handlers=[RichHandler(show_path=False)], format="%(message)s", force=True)
+    # Logs go to stderr: stdout stays clean for --json output.
+    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
 
 
 def _register() -> None:

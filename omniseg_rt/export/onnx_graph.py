@@ -1,10 +1,18 @@
 """Turn a :class:`FusedGraph` into a checked, simplified ONNX model.
 
-The exported graphs contain only these operator types (TensorRT 10.x/11.x and OpenVINO run all
-of them; ``tests/test_export.py`` checks the list): Cast, Div, Conv (group 1, constant weights),
-GroupNorm as InstanceNormalization + Reshape + Mul + Add (opset 17 has no GroupNormalization),
-Relu, Resize (nearest), Add, ReduceMean / GlobalAveragePool, MatMul, Gemm, Reshape, Flatten,
-Unsqueeze, Split / Slice, Shape, Gather, Concat. No Loop, If, NonZero or grouped Conv.
+After onnxsim, an exported graph (opset 17) contains exactly these operator types, all of which
+the TensorRT 10.x/11.x ONNX parser and OpenVINO support:
+
+- Cast, Div: uint8 -> float32 / 255 at the input;
+- Conv: group 1, constant weights (initializers) only;
+- InstanceNormalization + Reshape + Mul + Add: GroupNorm (opset 17 has no GroupNormalization);
+- Relu, Add, Resize (nearest, x2): the residual blocks and decoder;
+- GlobalAveragePool, Flatten: the pooled feature for the controller;
+- MatMul, Add: the pre-sliced controller and the batched dynamic heads;
+- Shape, Gather, Concat, Reshape, Unsqueeze, Split, Slice, Constant: shape plumbing for the
+  dynamic batch and window size.
+
+No Loop, If, Scan, NonZero, Einsum or grouped Conv (``check_graph`` enforces the allow-list).
 """
 
 from __future__ import annotations
