@@ -11,7 +11,7 @@ from omniseg_rt.errors import InvalidInputError, MissingFileError
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready description of a checkpoint or an exported graph.
+    """A JSON-ready description of a checkpoint, an exported graph or an engine directory.
 
     Raises:
         MissingFileError: nothing at ``path``.
@@ -21,7 +21,14 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not target.exists():
         raise MissingFileError(f"{target}: no such file or directory")
     if target.is_dir():
-        raise InvalidInputError(f"{target}: is a directory; expected a checkpoint (.pth) or a graph (.onnx)")
+        from omniseg_rt.engines.manifest import MANIFEST, read_engine_manifest
+
+        if not (target / MANIFEST).is_file():
+            raise InvalidInputError(
+                f"{target}: is a directory without {MANIFEST}; expected an engine directory, "
+                "a checkpoint (.pth) or a graph (.onnx)"
+            )
+        return {"kind": "engine", "path": str(target), **read_engine_manifest(target)}
     if target.suffix.lower() == ".onnx":
         return describe_graph(target)
     require("torch", "read PyTorch checkpoints")

@@ -12,7 +12,7 @@ from omniseg_rt.cli.render import console, key_value_table, print_json
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth) or an exported graph (.onnx).")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pth), an exported graph (.onnx) or an engine directory.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what a checkpoint or exported graph holds: family, tissues, parameters, hashes."""
@@ -22,7 +22,7 @@ def inspect(
     if json_out:
         print_json(info)
         return
-    rows = _graph_rows(info) if info["kind"] == "onnx" else _checkpoint_rows(info)
+    rows = {"onnx": _graph_rows, "engine": _engine_rows}.get(info["kind"], _checkpoint_rows)(info)
     console.print(key_value_table(f"{Path(info['path']).name}", rows))
 
 
@@ -41,6 +41,24 @@ def _graph_rows(info: dict) -> dict:
         f"({info['parity']['relative']:.1e} of the logit range)",
         "source sha256": info["source"]["sha256"],
         "graph sha256": info["graph_sha256"],
+    }
+
+
+def _engine_rows(info: dict) -> dict:
+    gate = info.get("accuracy_gate")
+    return {
+        "path": info["path"],
+        "kind": f"engine: {info['backend']} {info['precision']}",
+        "graphs": "; ".join(f"{g['name']}: {g['tissues']}" for g in info["graphs"]),
+        "window": info["window"],
+        "source": f"{info['source']['kind']} {info['source']['path']} (sha256 {info['source']['sha256'][:16]}...)",
+        "built on": info["built_on"]["cpu"]["name"] + "".join(f", {g['name']}" for g in info["built_on"]["gpus"]),
+        "versions": ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "accuracy gate": "not needed (fp32)" if gate is None else
+        f"{'passed' if gate['passed'] else 'FAILED'}{' (forced)' if gate.get('forced') else ''}: "
+        + ", ".join(f"{r['abbrev']} {r['dice']:.3f}" for r in gate["tissues"]),
+        "build time": f"{info['build_seconds']} s",
+        "files": ", ".join(info["files"]),
     }
 
 

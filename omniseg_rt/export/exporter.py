@@ -111,7 +111,7 @@ def export_graphs(
         require(module, "export ONNX graphs")
     from omniseg_rt.data import sample_windows
     from omniseg_rt.export import onnx_graph, parity
-    from omniseg_rt.export.wrapper import FusedGraph
+    from omniseg_rt.export.wrapper import FusedGraph, flops_per_window
     from omniseg_rt.fileutil import sha256_file
     from omniseg_rt.model import load_checkpoint
 
@@ -170,6 +170,7 @@ def export_graphs(
             "source": {"path": str(source), "sha256": source_sha},
             "opset": opset,
             "ops": onnx_graph.op_types(proto),
+            "gflop_per_window": round(flops_per_window(module, window) / 1e9, 3),
             "simplified": simplified,
             "parity": {**check, "windows": len(images), "runtime": "onnxruntime CPU",
                        "reference": "PyTorch forward_tasks"},

@@ -77,3 +77,27 @@ class FusedGraph(nn.Module):
         x = torch.relu(w2.reshape(-1, t, C, C) @ x + b2.unsqueeze(-1))
         x = dw3.unsqueeze(2) @ x + db3.unsqueeze(-1)  # [B, T, 1, HW]
         return x.reshape(head_input.shape[0], t, head_input.shape[2], head_input.shape[3])
+
+
+def flops_per_window(module: FusedGraph, window: int) -> float:
+    """Floating-point operations of one ``window`` x ``window`` pass (2 per multiply-add).
+
+    Convolutions counted with hooks on a 64x64 pass and scaled by area (every conv output is
+    exactly proportional to the input area); the heads add 2 * (64 + 64 + 8) per pixel and tissue.
+    """
+    total = 0
+
+    def count(conv: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        k = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        total += 2 * output.numel() * k
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    heads = 2 * (C * C + C * C + C) * module.num_tasks * window * window
+    return total * (window / 64) ** 2 + heads

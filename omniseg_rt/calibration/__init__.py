@@ -1,0 +1,1 @@
+"""Calibration sets, reduced-precision graphs and the accuracy gate."""

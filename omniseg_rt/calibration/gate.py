@@ -1,0 +1,72 @@
+"""The accuracy gate: a reduced-precision engine must agree with fp32 on real tissue, or no build.
+
+Agreement per tissue: Dice of the binary masks (margin > 0) of the candidate against the fp32
+reference over all gate windows (1.0 when both are empty), plus the max and mean |logit
+difference|. Default threshold: Dice >= 0.97 for every tissue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omniseg_rt.tissues import TISSUES
+
+DEFAULT_MIN_DICE = 0.97
+
+
+@dataclass
+class GateResult:
+    threshold: float
+    windows: int
+    rows: list[dict] = field(default_factory=list)  # per tissue: abbrev, dice, max_abs, mean_abs
+
+    @property
+    def passed(self) -> bool:
+        return all(row["dice"] >= self.threshold for row in self.rows)
+
+    def as_dict(self) -> dict:
+        return {"threshold": self.threshold, "windows": self.windows, "passed": self.passed, "tissues": self.rows}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def compare_margins(tissues: list[int], reference: np.ndarray, candidate: np.ndarray) -> list[dict]:
+    """Per-tissue agreement of two margin arrays [B, T, H, W]."""
+    rows = []
+    for i, task in enumerate(tissues):
+        ref, got = reference[:, i], candidate[:, i]
+        diff = np.abs(ref.astype(np.float64) - got)
+        rows.append({
+            "task_id": task,
+            "abbrev": TISSUES[task].abbrev,
+            "dice": round(dice(ref > 0, got > 0), 5),
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+            "foreground_fraction": float((ref > 0).mean()),
+        })
+    return rows
+
+
+def run_gate(
+    tissues: list[int],
+    reference: Callable[[np.ndarray], np.ndarray],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    windows: np.ndarray,
+    threshold: float = DEFAULT_MIN_DICE,
+    batch: int = 4,
+) -> GateResult:
+    """Run both engines over ``windows`` (uint8 [N, 3, H, W]) in batches and compare."""
+    refs, cands = [], []
+    for start in range(0, len(windows), batch):
+        chunk = windows[start:start + batch]
+        refs.append(reference(chunk))
+        cands.append(candidate(chunk))
+    rows = compare_margins(tissues, np.concatenate(refs), np.concatenate(cands))
+    return GateResult(threshold=threshold, windows=len(windows), rows=rows)

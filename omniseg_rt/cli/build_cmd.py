@@ -1,0 +1,62 @@
+"""``omniseg-rt build [MODEL]``: a ready-to-run engine directory for this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from omniseg_rt.cli.errors import domain_errors
+from omniseg_rt.cli.render import console, key_value_table, rows_table
+
+
+def build(
+    model: Annotated[Optional[Path], typer.Argument(help="A checkpoint (.pth) or an exported graph (.onnx).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto | openvino | onnxruntime | tensorrt | torch")] = None,
+    tissues: Annotated[Optional[str], typer.Option(help="As in export; default one graph per scale group.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="A shipped profile name (cpu, gpu-fp16, ...) or a .toml")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="A calibration set (int8).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Engine directory. Default: ./engines/<model>-<backend>-<precision>")] = None,
+    window: Annotated[Optional[int], typer.Option(help="Window side in pixels (multiple of 16).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all this process may use).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | tensorrt (onnxruntime providers; torch)")] = None,
+    force: Annotated[bool, typer.Option(help="Build even if reduced precision fails the accuracy gate.")] = False,
+    min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
+) -> None:
+    """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
+    from omniseg_rt.engines.build import AccuracyGateError, build_engine
+
+    try:
+        with console.status("building") as status:
+            path, manifest = build_engine(model, precision=precision, backend=backend, tissues=tissues,
+                                          profile=profile, calibration=calibration, out=out, window=window,
+                                          threads=threads, device=device, force=force, min_dice=min_dice,
+                                          on_progress=lambda message: status.update(message))
+    except AccuracyGateError as exc:
+        console.print(gate_table(exc.gate), style="red")
+        raise
+    if manifest.get("accuracy_gate"):
+        console.print(gate_table(manifest["accuracy_gate"]))
+    console.print(key_value_table(f"engine {path}", {
+        "backend": manifest["backend"],
+        "precision": manifest["precision"],
+        "graphs": ", ".join(f"{g['name']} ({len(g['tissues'])} tissues)" for g in manifest["graphs"]),
+        "window": manifest["window"],
+        "cpu": manifest["built_on"]["cpu"]["name"],
+        "build time": f"{manifest['build_seconds']:.1f} s",
+        "next": f"omniseg-rt bench {path}",
+    }))
+
+
+def gate_table(gate: dict):
+    rows = [[r["abbrev"], f"{r['dice']:.4f}", f"{r['max_abs']:.3g}", f"{r['mean_abs']:.3g}",
+             "ok" if r["dice"] >= gate["threshold"] else "FAIL"] for r in gate["tissues"]]
+    title = (f"accuracy gate: Dice >= {gate['threshold']} vs fp32 on {gate['windows']} windows"
+             + (" (forced)" if gate.get("forced") else ""))
+    return rows_table(title, ["tissue", "Dice", "max |diff|", "mean |diff|", "verdict"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(domain_errors(build))

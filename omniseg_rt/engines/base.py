@@ -1,0 +1,112 @@
+"""The one Engine interface, over every backend.
+
+An engine directory holds one graph per tissue set (by default one per scale group). Each graph
+is run by a :class:`GraphRunner` of the engine's backend; the :class:`Engine` is the collection:
+
+- ``engine.tissues``: task ids in output order (all graphs, in manifest order);
+- ``engine.infer(images)``: uint8 [B, 3, H, W] -> float32 [B, T, H, W], every graph run on the
+  same pixels (for patches already at the right magnification, e.g. evaluation);
+- ``engine.runner(group)``: the runner of one scale group, which the slide pipeline feeds with
+  windows read at that group's magnification;
+- ``engine.close()`` / ``with open_engine(path) as engine``.
+
+Output buffers are fresh arrays owned by the caller (never reused by the engine).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omniseg_rt.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What an engine knows about one of its graphs (from the manifest)."""
+
+    name: str
+    tissues: tuple[int, ...]
+    scale_group: str | None
+    nominal_mpp: float | None
+    file: str
+
+
+class GraphRunner(abc.ABC):
+    """Runs one graph: uint8 [B, 3, H, W] -> float32 [B, T, H, W] (fg minus bg logit)."""
+
+    spec: GraphSpec
+
+    @abc.abstractmethod
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Run one batch synchronously."""
+
+    def submit(self, images: np.ndarray) -> Future:
+        """Start a batch; ``.result()`` gives what :meth:`infer` gives. Backends with real
+        asynchrony (OpenVINO requests, TensorRT streams) override this to overlap batches."""
+        future: Future = Future()
+        try:
+            future.set_result(self.infer(images))
+        except BaseException as exc:  # delivered through the future, as a real async run would
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+
+def check_images(images: np.ndarray, multiple: int = 16) -> np.ndarray:
+    """Validate a batch at the engine boundary: uint8 [B, 3, H, W], H and W multiples of 16."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise InvalidInputError(f"engine input must be uint8 [B, 3, H, W] RGB, got {got}")
+    if images.shape[2] % multiple or images.shape[3] % multiple or 0 in images.shape:
+        raise InvalidInputError(f"window sides must be positive multiples of {multiple}, got {images.shape[2:]}")
+    return np.ascontiguousarray(images)
+
+
+class Engine:
+    """An opened engine directory: its manifest and one runner per graph."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], runners: Sequence[GraphRunner]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.runners = tuple(runners)
+        self.tissues: tuple[int, ...] = tuple(t for r in self.runners for t in r.spec.tissues)
+        self.backend: str = manifest["backend"]
+        self.precision: str = manifest["precision"]
+
+    def runner(self, group: str) -> GraphRunner:
+        """The runner of the graph for scale group ``group`` ("5x", "10x", "40x")."""
+        for runner in self.runners:
+            if runner.spec.scale_group == group:
+                return runner
+        have = [r.spec.scale_group or r.spec.name for r in self.runners]
+        raise InvalidInputError(f"{self.path}: no graph for scale group {group!r}; it has {have}")
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [B, 3, H, W] -> float32 [B, T, H, W] for all of the engine's tissues."""
+        images = check_images(images)
+        # Graph after graph: each runner's infer already spreads one batch over its in-flight slots.
+        outputs = [runner.infer(images) for runner in self.runners]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1)
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
+        self.runners = ()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine({str(self.path)!r}, backend={self.backend}, precision={self.precision}, tissues={self.tissues})"

@@ -1,0 +1,262 @@
+"""``build_engine``: a checkpoint or exported graph -> a ready-to-run engine directory.
+
+Steps: resolve profile, backend and precision for this machine -> graphs (export the checkpoint,
+or take the given graph) -> backend preparation (OpenVINO compile + cache, ONNX Runtime optimised
+model, TensorRT plans, torch checkpoint copy) -> accuracy gate for reduced precision against the
+fp32 graphs in ONNX Runtime -> manifest. Everything is built in a staging folder and renamed into
+place at the end: an existing engine is replaced only by a complete new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omniseg_rt import __version__
+from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
+from omniseg_rt.engines import registry
+from omniseg_rt.engines.hardware import cpu_summary, default_threads, nvidia_gpus
+from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
+from omniseg_rt.engines.profiles import Profile, load_profile, validate
+from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError
+from omniseg_rt.fileutil import sha256_file
+from omniseg_rt.graph_manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+DEFAULT_DIR = Path("engines")
+GATE_WINDOWS = 4
+
+
+class AccuracyGateError(OmnisegError, RuntimeError):
+    """A reduced-precision build disagreed with fp32 beyond the threshold (see ``.gate``)."""
+
+    def __init__(self, message: str, gate: dict) -> None:
+        super().__init__(message)
+        self.gate = gate
+
+
+def resolve_settings(profile: str | os.PathLike | None, **overrides: Any) -> Profile:
+    """The profile (shipped name, TOML path or defaults) with explicit options laid over it."""
+    base = load_profile(profile) if profile else Profile()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return validate(replace(base, **given), f"profile {base.name}")
+
+
+def _source_graphs(model: Path, tissues: str | None, window: int, staging: Path, notify) -> list[Path]:
+    """The fp32 graphs of the engine, written under ``staging/graphs``."""
+    graphs_dir = staging / "graphs"
+    graphs_dir.mkdir(parents=True)
+    if model.suffix.lower() == ".onnx":
+        if tissues is not None:
+            raise InvalidInputError(f"{model}: --tissues applies to checkpoints; a graph's tissue set is fixed")
+        read_manifest(model)  # checks the sidecar and the graph's hash
+        for source in (model, model.with_suffix(".json")):
+            shutil.copy2(source, graphs_dir / source.name)
+        return [graphs_dir / model.name]
+    from omniseg_rt.export import export_graphs
+
+    notify("exporting graphs")
+    exported = export_graphs(model, tissues=tissues, out=graphs_dir, window=window,
+                             on_progress=notify)
+    for graph in exported:  # engine-local names: graphs/<set>.onnx, sidecar rewritten to match
+        target = graphs_dir / f"{graph.manifest['name']}.onnx"
+        graph.path.rename(target)
+        graph.manifest_path.unlink()
+        write_manifest(target, {k: v for k, v in graph.manifest.items() if k not in ("graph_file", "graph_sha256")})
+    return [graphs_dir / f"{g.manifest['name']}.onnx" for g in exported]
+
+
+def _check_backend(backend: str, precision: str, device: str, model: Path) -> None:
+    if backend == "openvino":
+        from omniseg_rt.engines.openvino_backend import check_precision
+
+        check_precision(precision)
+    elif backend == "onnxruntime":
+        from omniseg_rt.engines.onnxruntime_backend import check_precision, providers_for
+
+        providers_for(device)
+        check_precision(precision, device)
+    elif backend == "torch":
+        from omniseg_rt.engines.torch_backend import check_precision, pick_device
+
+        if model.suffix.lower() == ".onnx":
+            raise InvalidInputError(f"{model}: the torch backend needs the checkpoint, not an exported graph")
+        check_precision(precision, pick_device(device))
+    elif backend == "tensorrt":
+        from omniseg_rt.engines.tensorrt_backend import check_available
+
+        check_available()
+    if precision == "int8":
+        raise InvalidInputError(
+            "int8 engines need a calibration set and a Q/DQ graph (omniseg-rt calibrate, then "
+            "build --calibration DIR); this version builds fp32, bf16 and the torch backend's fp16"
+        )
+    if precision == "fp16" and backend in ("tensorrt", "onnxruntime"):
+        raise InvalidInputError(
+            f"fp16 {backend} engines need an FP16 graph, which the calibration stage makes; "
+            "use --backend torch --precision fp16 on a CUDA GPU meanwhile"
+        )
+
+
+def _versions(backend: str) -> dict[str, str]:
+    import importlib
+
+    module = importlib.import_module(f"omniseg_rt.engines.{backend}_backend")
+    return {"omniseg_rt": __version__, **module.versions()}
+
+
+def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify) -> dict:
+    """Run the candidate and the fp32 reference (ONNX Runtime CPU) on real windows; raise if it fails."""
+    from omniseg_rt.calibration.gate import run_gate
+    from omniseg_rt.data import sample_windows
+    from omniseg_rt.engines.loader import graph_specs, make_runner
+    from omniseg_rt.engines.onnxruntime_backend import OnnxRuntimeRunner
+
+    windows = sample_windows(GATE_WINDOWS, manifest["window"])
+    results = []
+    for spec in graph_specs(manifest):
+        notify(f"accuracy gate: {spec.name} {manifest['precision']} vs fp32 on {len(windows)} windows")
+        candidate = make_runner(folder, manifest, spec, threads)
+        reference = OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache" / "reference")
+        try:
+            results.append(run_gate(list(spec.tissues), reference.infer, candidate.infer, windows, min_dice))
+        finally:
+            candidate.close()
+            reference.close()
+        shutil.rmtree(folder / "cache" / "reference", ignore_errors=True)
+    rows = [row for result in results for row in result.rows]
+    return {"threshold": results[0].threshold, "windows": len(windows), "source": "bundled sample slide",
+            "reference": "fp32 graph in ONNX Runtime CPU", "passed": all(r.passed for r in results),
+            "tissues": rows}
+
+
+def build_engine(
+    model: str | os.PathLike | None = None,
+    precision: str | None = None,
+    backend: str | None = None,
+    tissues: str | None = None,
+    profile: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    window: int | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    force: bool = False,
+    min_dice: float = DEFAULT_MIN_DICE,
+    on_progress: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Build an engine directory for this machine; returns (path, manifest).
+
+    Reduced precision (bf16, fp16, int8) must reach Dice >= ``min_dice`` against fp32 for every
+    tissue. ``None`` options come from the profile (default: backend auto, precision auto, window 512).
+    Raises InvalidInputError / MissingFileError before any work for bad arguments, and
+    :class:`AccuracyGateError` (nothing written) when reduced precision fails the gate without
+    ``force``.
+    """
+    notify = on_progress or (lambda message: None)
+    if model is None:
+        raise InvalidInputError("no MODEL given: pass a checkpoint (.pth) or an exported graph (.onnx)")
+    source = Path(model)
+    if not source.is_file():
+        raise MissingFileError(f"{source}: no such checkpoint or graph")
+    if not 0.0 < min_dice <= 1.0:
+        raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
+    if calibration is not None:
+        raise InvalidInputError("--calibration is used by int8 builds, which this version does not make yet")
+    settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
+                                device=device)
+    chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
+    chosen_device = settings.device if settings.device != "auto" else ("cuda" if chosen_backend == "tensorrt" else "cpu")
+    if chosen_backend == "torch" and settings.device == "auto":
+        from omniseg_rt.engines.torch_backend import pick_device
+
+        chosen_device = pick_device("auto")
+    chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
+                        if settings.precision == "auto" else settings.precision)
+    _check_backend(chosen_backend, chosen_precision, chosen_device, source)
+    n_threads = settings.threads or default_threads()
+
+    final = Path(out) if out else DEFAULT_DIR / f"{source.stem}-{chosen_backend}-{chosen_precision}"
+    staging = final.parent / f".{final.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        graphs = _source_graphs(source, tissues, settings.window, staging, notify)
+        graph_entries = []
+        for graph in graphs:
+            meta = read_manifest(graph)
+            graph_entries.append({
+                "name": meta["name"], "file": f"graphs/{graph.name}",
+                "tissues": [t["task_id"] for t in meta["tissues"]],
+                "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
+            })
+        if chosen_backend == "torch":
+            shutil.copy2(source, staging / "model.pth")
+        manifest: dict[str, Any] = {
+            "backend": chosen_backend,
+            "precision": chosen_precision,
+            "graphs": graph_entries,
+            "tissues": [t for g in graph_entries for t in g["tissues"]],
+            "window": settings.window,
+            "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"},
+            "output": {"name": "logits", "dtype": "float32", "layout": "NTHW",
+                       "meaning": "foreground minus background logit; foreground where > 0"},
+            "source": {"path": str(source), "sha256": sha256_file(source),
+                       "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
+            "family": read_manifest(graphs[0])["family"],
+            "profile": settings.as_dict(),
+            "settings": {"threads": settings.threads, "device": chosen_device},
+            "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
+            "versions": _versions(chosen_backend),
+            "rebuild": {"source": str(source), "backend": chosen_backend, "precision": chosen_precision,
+                        "tissues": tissues, "profile": str(profile) if profile else None, "out": str(final)},
+        }
+        if chosen_backend == "tensorrt":
+            from omniseg_rt.engines.tensorrt_backend import build_plans
+
+            manifest.update(build_plans(staging, manifest, settings, notify))
+        notify(f"preparing the {chosen_backend} engine ({chosen_precision})")
+        from omniseg_rt.engines.loader import open_engine_unchecked
+
+        open_engine_unchecked(staging, manifest, n_threads).close()  # compiles; fills the caches
+        gate = None
+        if chosen_precision != "fp32":
+            gate = _gate(staging, manifest, n_threads, min_dice, notify)
+            gate["forced"] = bool(force and not gate["passed"])
+            if not gate["passed"] and not force:
+                raise AccuracyGateError(
+                    f"{source}: the {chosen_precision} {chosen_backend} engine disagrees with fp32 "
+                    f"(Dice below {gate['threshold']} for "
+                    f"{', '.join(r['abbrev'] for r in gate['tissues'] if r['dice'] < gate['threshold'])}); "
+                    "nothing was written. Use --precision fp32, or --force to build it anyway "
+                    "(recorded in the manifest)", gate)
+        files = {str(p.relative_to(staging)): sha256_file(p)
+                 for p in sorted(staging.rglob("*")) if p.is_file() and p.parts[len(staging.parts)] != "cache"}
+        manifest.update({
+            "accuracy_gate": gate,
+            "files": files,
+            "build_seconds": round(time.perf_counter() - start, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        write_engine_manifest(staging, manifest)
+        _swap_into_place(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("built %s in %.1f s (%s)", final, manifest["build_seconds"], rebuild_command(manifest))
+    return final, manifest
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    """Replace ``final`` by ``staging``; the old engine is deleted only once the new one is in place."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""The engine directory's ``manifest.json``: what was built, from what, on what, and checks.
+
+Layout of an engine directory::
+
+    NAME/manifest.json          this file's subject
+    NAME/graphs/<set>.onnx      the graph of each tissue set (+ <set>.json, its graph manifest)
+    NAME/plans/<set>.plan       TensorRT only: the serialised engine of each graph
+    NAME/model.pth              torch backend only: the checkpoint
+    NAME/cache/                 backend caches (OpenVINO CACHE_DIR, ORT optimised models, timing cache)
+
+Opening checks the manifest's format, that every listed file exists with its recorded sha256,
+and (backend by backend) that this machine can run what was built; every mismatch is named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omniseg_rt.errors import InvalidInputError, MissingFileError
+from omniseg_rt.fileutil import sha256_file
+
+FORMAT = "omniseg-rt.engine/1"
+MANIFEST = "manifest.json"
+
+
+def write_engine_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``folder/manifest.json`` atomically (temporary name, then rename)."""
+    path = folder / MANIFEST
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -> dict[str, Any]:
+    """Read and validate an engine directory's manifest.
+
+    Raises:
+        MissingFileError: no such directory, no manifest, or a listed file is missing.
+        InvalidInputError: not an engine manifest, or a file's sha256 differs from the record.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: no such engine directory; build one with: omniseg-rt build")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: unreadable engine manifest ({exc}); rebuild the engine") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InvalidInputError(f"{path}: not an omniseg-rt engine manifest (format {FORMAT!r} expected)")
+    if verify_files:
+        problems = []
+        for rel, digest in manifest.get("files", {}).items():
+            file = folder / rel
+            if not file.is_file():
+                problems.append(f"{rel} is missing")
+            elif sha256_file(file) != digest:
+                problems.append(f"{rel} was modified (sha256 differs from the manifest)")
+        if problems:
+            raise InvalidInputError(
+                f"{folder}: engine files do not match {MANIFEST}: {'; '.join(problems)}; "
+                f"rebuild with: {rebuild_command(manifest)}"
+            )
+    return manifest
+
+
+def rebuild_command(manifest: dict[str, Any], **overrides: str) -> str:
+    """The ``omniseg-rt build`` command that makes this engine again (``overrides`` replace options)."""
+    spec = {**manifest.get("rebuild", {}), **overrides}
+    parts = ["omniseg-rt build", str(spec.get("source", "MODEL"))]
+    for option in ("backend", "precision", "tissues", "profile", "calibration", "out"):
+        if spec.get(option):
+            parts.append(f"--{option} {spec[option]}")
+    return " ".join(parts)

@@ -1,0 +1,123 @@
+"""OpenVINO on the CPU: the default engine where there is no NVIDIA GPU.
+
+The exported ONNX graph is compiled for the CPU with the engine's precision as a compile-time
+hint (fp32, or bf16 where the CPU runs it natively; int8 comes from Q/DQ graphs), the THROUGHPUT
+performance hint, an explicit thread count and a model cache in the engine directory. Each runner
+keeps two infer requests so that two batches are in flight; a single ``infer`` call splits its
+batch over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omniseg_rt._optional import require
+from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
+from omniseg_rt.engines.hardware import native_bf16
+from omniseg_rt.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+NAME = "openvino"
+PRECISIONS = ("fp32", "bf16", "int8")
+_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 runs from the graph's Q/DQ nodes
+IN_FLIGHT = 2
+
+
+def _ov():
+    return require("openvino", "run OpenVINO engines")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"the openvino backend runs {', '.join(PRECISIONS)}, not {precision}; "
+                                "fp16 is for GPUs (--backend tensorrt or torch)")
+    if precision == "bf16" and not native_bf16():
+        raise InvalidInputError(
+            "this CPU has no native bf16 (AMX or AVX-512 BF16), so bf16 would be emulated and slow; "
+            "use --precision fp32 (or auto, which picks fp32 here)"
+        )
+
+
+def compile_config(precision: str, threads: int, cache_dir: Path) -> dict[str, Any]:
+    return {
+        "INFERENCE_PRECISION_HINT": _HINT[precision],
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "NUM_STREAMS": IN_FLIGHT,
+        "INFERENCE_NUM_THREADS": threads,
+        "CACHE_DIR": str(cache_dir),
+    }
+
+
+def versions() -> dict[str, str]:
+    return {"openvino": _ov().get_version()}
+
+
+class OpenVINORunner(GraphRunner):
+    def __init__(self, spec: GraphSpec, graph: Path, precision: str, threads: int, cache_dir: Path) -> None:
+        ov = _ov()
+        check_precision(precision)
+        self.spec = spec
+        core = ov.Core()
+        self.compiled = core.compile_model(str(graph), "CPU", compile_config(precision, threads, cache_dir))
+        self.requests = deque(self.compiled.create_infer_request() for _ in range(IN_FLIGHT))
+        self.pending: deque[tuple[Any, Future]] = deque()
+        log.debug("compiled %s for CPU (%s, %d threads)", graph, precision, threads)
+
+    def _start(self, images: np.ndarray) -> Future:
+        if not self.requests:  # both busy: finish the oldest first (bounded in-flight work)
+            self._finish_oldest()
+        request = self.requests.popleft()
+        future: Future = Future()
+        request.start_async({0: images})
+        self.pending.append((request, future))
+        return future
+
+    def _finish_oldest(self) -> None:
+        request, future = self.pending.popleft()
+        try:
+            request.wait()
+            future.set_result(request.get_output_tensor(0).data.copy())
+        except Exception as exc:
+            future.set_exception(exc)
+        self.requests.append(request)
+
+    def submit(self, images: np.ndarray) -> Future:
+        return _Resolving(self._start(check_images(images)), self)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        chunks = np.array_split(images, min(IN_FLIGHT, len(images)))
+        futures = [self._start(np.ascontiguousarray(c)) for c in chunks]
+        while self.pending:
+            self._finish_oldest()
+        outputs = [f.result() for f in futures]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def close(self) -> None:
+        while self.pending:
+            self._finish_oldest()
+        self.requests.clear()
+        self.compiled = None
+
+
+class _Resolving(Future):
+    """A future whose ``result()`` drives the runner's queue until its own request is done."""
+
+    def __init__(self, inner: Future, runner: OpenVINORunner) -> None:
+        super().__init__()
+        self._inner, self._runner = inner, runner
+
+    def result(self, timeout: float | None = None):
+        while not self._inner.done():
+            self._runner._finish_oldest()
+        return self._inner.result()
+
+    def done(self) -> bool:
+        return self._inner.done()

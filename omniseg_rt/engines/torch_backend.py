@@ -1,0 +1,65 @@
+"""The PyTorch model as an engine: the reference, and for GPU users without TensorRT.
+
+fp32 anywhere; fp16 with channels_last on CUDA; bf16 autocast on the CPU. The engine directory
+holds the checkpoint (``model.pth``); this is the one backend that imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from omniseg_rt._optional import require
+from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
+from omniseg_rt.errors import InvalidInputError, MissingDependencyError
+
+NAME = "torch"
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def versions() -> dict[str, str]:
+    return {"torch": require("torch", "run the torch backend").__version__}
+
+
+def pick_device(requested: str | None) -> str:
+    torch = require("torch", "run the torch backend")
+    if requested in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MissingDependencyError("the torch backend was asked for CUDA, but torch sees no CUDA GPU")
+    return requested
+
+
+def check_precision(precision: str, device: str) -> None:
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"the torch backend runs {', '.join(PRECISIONS)}, not {precision}")
+    if precision == "fp16" and device != "cuda":
+        raise InvalidInputError("fp16 in the torch backend needs a CUDA GPU; on the CPU use fp32 or bf16")
+
+
+class TorchRunner(GraphRunner):
+    def __init__(self, spec: GraphSpec, checkpoint: Path, precision: str, device: str, threads: int) -> None:
+        torch = require("torch", "run the torch backend")
+        from omniseg_rt.model import load_checkpoint
+
+        check_precision(precision, device)
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.spec, self.torch, self.device, self.precision = spec, torch, device, precision
+        self.model = load_checkpoint(checkpoint, device=device)
+        if precision == "fp16":
+            self.model = self.model.half()
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(check_images(images)).to(self.device)
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        x = x.to(dtype) / 255.0
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model.forward_tasks(x, list(self.spec.tissues))
+        margins = (logits[:, :, 1] - logits[:, :, 0]).float()
+        return margins.cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
