@@ -97,10 +97,10 @@ def _check_backend(backend: str, precision: str, device: str, model: Path) -> No
             "int8 engines need a calibration set and a Q/DQ graph (omniseg-rt calibrate, then "
             "build --calibration DIR); this version builds fp32, bf16 and the torch backend's fp16"
         )
-    if precision == "fp16" and backend in ("tensorrt", "onnxruntime"):
+    if precision == "fp16" and backend == "onnxruntime":
         raise InvalidInputError(
-            f"fp16 {backend} engines need an FP16 graph, which the calibration stage makes; "
-            "use --backend torch --precision fp16 on a CUDA GPU meanwhile"
+            "fp16 onnxruntime engines need an FP16 graph, which the calibration stage makes; use "
+            "--backend tensorrt (TensorRT 10.x) or --backend torch --precision fp16 on a CUDA GPU meanwhile"
         )
 
 
