@@ -43,9 +43,9 @@ def _root(
 
 def _register() -> None:
     # Command modules import only core packages at module level (rule: --help works without torch).
-    from omniseg_rt.cli import bench_cmd, build_cmd, export_cmd, inspect_cmd, tissues_cmd
+    from omniseg_rt.cli import bench_cmd, build_cmd, export_cmd, inspect_cmd, tissues_cmd, train_cmd
 
-    for module in (build_cmd, bench_cmd, export_cmd, inspect_cmd, tissues_cmd):
+    for module in (build_cmd, bench_cmd, export_cmd, inspect_cmd, tissues_cmd, train_cmd):
         module.register(app)
 
 

@@ -64,18 +64,20 @@ def session_options(threads: int, optimized_path: Path | None):
 
 
 class OnnxRuntimeRunner(GraphRunner):
-    def __init__(self, spec: GraphSpec, graph: Path, threads: int, cache_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, spec: GraphSpec, graph: Path, threads: int, cache_dir: Path | None,
+                 device: str = "cpu") -> None:
+        """``cache_dir``: where the CPU-optimised model is cached (None: no cache)."""
         ort = _ort()
         self.spec = spec
         providers = providers_for(device)
-        cached = cache_dir / f"{graph.stem}.ort-optimized.onnx"
+        cached = cache_dir / f"{graph.stem}.ort-optimized.onnx" if cache_dir is not None else None
         # The optimised model is CPU-specific; use it only for CPU sessions, write it once.
-        if device == "cpu" and cached.is_file():
+        if device == "cpu" and cached is not None and cached.is_file():
             source, out = cached, None
         else:
             source, out = graph, (cached if device == "cpu" else None)
         if out is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
         self.session = ort.InferenceSession(str(source), session_options(threads, out), providers=providers)
         log.debug("onnxruntime session for %s on %s", source, self.session.get_providers())
 

@@ -19,7 +19,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def versions() -> dict[str, str]:
-    return {"torch": require("torch", "run the torch backend").__version__}
+    return {"torch": str(require("torch", "run the torch backend").__version__)}
 
 
 def pick_device(requested: str | None) -> str:

@@ -64,7 +64,7 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    versions = {"omniseg_rt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+    versions = {"omniseg_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
     try:
         import onnxsim
