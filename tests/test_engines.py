@@ -186,6 +186,11 @@ def test_cli_build_errors(tmp_path, args, words):
     assert not (tmp_path / "e").exists()
 
 
-def test_build_needs_a_model():
-    result = run_cli("build")
-    assert result.returncode == 1 and "no MODEL" in result.stderr
+def test_build_defaults_to_the_demo_model(tmp_path):
+    from omniseg_rt.data import DEMO_MODEL
+
+    result = run_cli("build", "--backend", "onnxruntime", "--tissues", "PT", "--window", "256",
+                     "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert manifest["source"]["path"] == str(DEMO_MODEL) and manifest["family"] == "scale"

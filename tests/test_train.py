@@ -175,5 +175,5 @@ def test_evaluate_checkpoint_graph_and_cli(tmp_path):
     result = run_cli("evaluate", str(data), "--model", str(best), "--json", "--stain", "he")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tissues"][0]["by_stain"].keys() == {"he"}
-    missing = run_cli("evaluate", str(data))
-    assert missing.returncode == 1 and "--model" in missing.stderr
+    missing = run_cli("evaluate", str(data), "--model", str(tmp_path / "nope.pth"))
+    assert missing.returncode == 1 and "nope.pth" in missing.stderr

@@ -12,7 +12,8 @@ from omniseg_rt.cli.render import console, key_value_table, rows_table
 
 
 def build(
-    model: Annotated[Optional[Path], typer.Argument(help="A checkpoint (.pth) or an exported graph (.onnx).")] = None,
+    model: Annotated[Optional[Path], typer.Argument(
+        help="A checkpoint (.pth) or an exported graph (.onnx). Default: the bundled demo model.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16 | int8")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto | openvino | onnxruntime | tensorrt | torch")] = None,
     tissues: Annotated[Optional[str], typer.Option(help="As in export; default one graph per scale group.")] = None,

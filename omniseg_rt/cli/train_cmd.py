@@ -65,19 +65,17 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Labelled patches (Omni-Seg layout or CSV).")],
-    model: Annotated[Optional[Path], typer.Option(help="Checkpoint, exported .onnx graph or engine directory.")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        help="Checkpoint, exported .onnx graph or engine directory. Default: the bundled demo model.")] = None,
     stain: Annotated[Optional[list[str]], typer.Option(help="Only these stains (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Per-tissue foreground Dice and IoU, each patch scored for its own tissue, by stain."""
-    from omniseg_rt.errors import InvalidInputError
+    from omniseg_rt.data import demo_model
     from omniseg_rt.evaluate import evaluate as run
     from omniseg_rt.evaluate import predictor
 
-    if model is None:
-        raise InvalidInputError("no --model given and this version bundles no demo model yet; "
-                                "pass a checkpoint, an exported .onnx graph or an engine directory")
-    predict, description = predictor(model)
+    predict, description = predictor(model if model is not None else demo_model())
     result = {"model": description, **run(data, predict, stain)}
     if json_out:
         print_json(result)

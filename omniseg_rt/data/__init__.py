@@ -1,5 +1,9 @@
 """Data shipped inside the package.
 
+``demo_model.pth``: the demo Omni-Seg model (scale-aware family, weights stored as float16)
+trained on 72 public kidney patches; ``MODEL_CARD.md`` and ``demo_model.json`` beside it say how
+it was made and how well it does. A demonstration, not a clinical model.
+
 ``CMU-1-Small-Region.svs``: a small Aperio slide (2220 x 2967 px, 0.499 um/px, JPEG) from the
 OpenSlide test data, CC0 1.0, Carnegie Mellon University. It shows H&E-stained human SKIN, not
 kidney: it is real tissue for smoke tests, parity checks and the demo, not a kidney sample.
@@ -12,6 +16,18 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_SLIDE = Path(__file__).with_name("CMU-1-Small-Region.svs")
+DEMO_MODEL = Path(__file__).with_name("demo_model.pth")
+DEMO_CARD = Path(__file__).with_name("demo_model.json")
+
+
+def demo_model() -> Path:
+    """The bundled demo checkpoint; a clear error where this install lacks it."""
+    if not DEMO_MODEL.is_file():
+        from omniseg_rt.errors import MissingFileError
+
+        raise MissingFileError(f"{DEMO_MODEL}: the bundled demo model is missing from this install; "
+                               "pass a checkpoint explicitly or reinstall omniseg-rt")
+    return DEMO_MODEL
 
 
 def sample_windows(count: int, size: int) -> np.ndarray:

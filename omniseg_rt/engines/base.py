@@ -16,8 +16,8 @@ Output buffers are fresh arrays owned by the caller (never reused by the engine)
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,32 @@ class GraphSpec:
     file: str
 
 
+class Ticket:
+    """A submitted batch; ``result()`` waits for it (and for the batches submitted before it)."""
+
+    def __init__(self, runner: InFlightRunner | None = None) -> None:
+        self._runner = runner
+        self._done = runner is None
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def finished(cls, value: np.ndarray | None = None, error: BaseException | None = None) -> Ticket:
+        ticket = cls()
+        ticket._value, ticket._error = value, error
+        return ticket
+
+    def _settle(self, value: np.ndarray | None, error: BaseException | None) -> None:
+        self._value, self._error, self._done = value, error, True
+
+    def result(self) -> np.ndarray:
+        while not self._done:
+            self._runner._finish_oldest()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class GraphRunner(abc.ABC):
     """Runs one graph: uint8 [B, 3, H, W] -> float32 [B, T, H, W] (fg minus bg logit)."""
 
@@ -47,18 +73,78 @@ class GraphRunner(abc.ABC):
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run one batch synchronously."""
 
-    def submit(self, images: np.ndarray) -> Future:
-        """Start a batch; ``.result()`` gives what :meth:`infer` gives. Backends with real
-        asynchrony (OpenVINO requests, TensorRT streams) override this to overlap batches."""
-        future: Future = Future()
+    def submit(self, images: np.ndarray) -> Ticket:
+        """Start a batch; ``.result()`` gives what :meth:`infer` gives. Here: synchronously;
+        :class:`InFlightRunner` backends keep several batches in flight."""
         try:
-            future.set_result(self.infer(images))
-        except BaseException as exc:  # delivered through the future, as a real async run would
-            future.set_exception(exc)
-        return future
+            return Ticket.finished(self.infer(images))
+        except Exception as exc:  # delivered by result(), as an asynchronous run would
+            return Ticket.finished(error=exc)
 
     def close(self) -> None:
         """Release backend resources."""
+
+
+class InFlightRunner(GraphRunner):
+    """A runner with a few slots (infer requests, CUDA streams) that start a batch now and
+    finish it later, in submission order: batch k+1 is copied in while batch k computes.
+
+    Subclasses call ``_init_slots`` and implement ``_launch`` (start a batch in a free slot) and
+    ``_collect`` (wait for a slot, return its output as a fresh array).
+    """
+
+    max_batch: int | None = None  # largest batch one slot takes (None: any)
+
+    def _init_slots(self, slots: Sequence[object]) -> None:
+        self._free = deque(slots)
+        self._busy: deque[tuple[object, Ticket]] = deque()
+        self._slot_count = len(slots)
+
+    @abc.abstractmethod
+    def _launch(self, slot: object, images: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _collect(self, slot: object) -> np.ndarray: ...
+
+    def _start(self, images: np.ndarray) -> Ticket:
+        if not self._free:  # every slot busy: finish the oldest first (bounded work in flight)
+            self._finish_oldest()
+        slot = self._free.popleft()
+        ticket = Ticket(self)
+        try:
+            self._launch(slot, images)
+        except BaseException:
+            self._free.appendleft(slot)
+            raise
+        self._busy.append((slot, ticket))
+        return ticket
+
+    def _finish_oldest(self) -> None:
+        slot, ticket = self._busy.popleft()
+        try:
+            ticket._settle(self._collect(slot), None)
+        except Exception as exc:
+            ticket._settle(None, exc)
+        finally:
+            self._free.append(slot)
+
+    def submit(self, images: np.ndarray) -> Ticket:
+        return self._start(check_images(images))
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """One batch, spread over every slot (and cut to ``max_batch``)."""
+        images = check_images(images)
+        size = -(-len(images) // self._slot_count)
+        if self.max_batch:
+            size = min(size, self.max_batch)
+        tickets = [self._start(np.ascontiguousarray(images[i:i + size])) for i in range(0, len(images), size)]
+        outputs = [t.result() for t in tickets]
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def close(self) -> None:
+        while self._busy:
+            self._finish_oldest()
+        self._free.clear()
 
 
 def check_images(images: np.ndarray, multiple: int = 16) -> np.ndarray:

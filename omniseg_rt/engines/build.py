@@ -161,7 +161,9 @@ def build_engine(
     """
     notify = on_progress or (lambda message: None)
     if model is None:
-        raise InvalidInputError("no MODEL given: pass a checkpoint (.pth) or an exported graph (.onnx)")
+        from omniseg_rt.data import demo_model
+
+        model = demo_model()
     source = Path(model)
     if not source.is_file():
         raise MissingFileError(f"{source}: no such checkpoint or graph")

@@ -10,15 +10,13 @@ batch over them.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omniseg_rt._optional import require
-from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
+from omniseg_rt.engines.base import GraphSpec, InFlightRunner
 from omniseg_rt.engines.hardware import native_bf16
 from omniseg_rt.errors import InvalidInputError
 
@@ -59,65 +57,22 @@ def versions() -> dict[str, str]:
     return {"openvino": _ov().get_version()}
 
 
-class OpenVINORunner(GraphRunner):
+class OpenVINORunner(InFlightRunner):
     def __init__(self, spec: GraphSpec, graph: Path, precision: str, threads: int, cache_dir: Path) -> None:
         ov = _ov()
         check_precision(precision)
         self.spec = spec
-        core = ov.Core()
-        self.compiled = core.compile_model(str(graph), "CPU", compile_config(precision, threads, cache_dir))
-        self.requests = deque(self.compiled.create_infer_request() for _ in range(IN_FLIGHT))
-        self.pending: deque[tuple[Any, Future]] = deque()
+        self.compiled = ov.Core().compile_model(str(graph), "CPU", compile_config(precision, threads, cache_dir))
+        self._init_slots([self.compiled.create_infer_request() for _ in range(IN_FLIGHT)])
         log.debug("compiled %s for CPU (%s, %d threads)", graph, precision, threads)
 
-    def _start(self, images: np.ndarray) -> Future:
-        if not self.requests:  # both busy: finish the oldest first (bounded in-flight work)
-            self._finish_oldest()
-        request = self.requests.popleft()
-        future: Future = Future()
+    def _launch(self, request, images: np.ndarray) -> None:
         request.start_async({0: images})
-        self.pending.append((request, future))
-        return future
 
-    def _finish_oldest(self) -> None:
-        request, future = self.pending.popleft()
-        try:
-            request.wait()
-            future.set_result(request.get_output_tensor(0).data.copy())
-        except Exception as exc:
-            future.set_exception(exc)
-        self.requests.append(request)
-
-    def submit(self, images: np.ndarray) -> Future:
-        return _Resolving(self._start(check_images(images)), self)
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
-        chunks = np.array_split(images, min(IN_FLIGHT, len(images)))
-        futures = [self._start(np.ascontiguousarray(c)) for c in chunks]
-        while self.pending:
-            self._finish_oldest()
-        outputs = [f.result() for f in futures]
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+    def _collect(self, request) -> np.ndarray:
+        request.wait()
+        return request.get_output_tensor(0).data.copy()
 
     def close(self) -> None:
-        while self.pending:
-            self._finish_oldest()
-        self.requests.clear()
+        super().close()
         self.compiled = None
-
-
-class _Resolving(Future):
-    """A future whose ``result()`` drives the runner's queue until its own request is done."""
-
-    def __init__(self, inner: Future, runner: OpenVINORunner) -> None:
-        super().__init__()
-        self._inner, self._runner = inner, runner
-
-    def result(self, timeout: float | None = None):
-        while not self._inner.done():
-            self._runner._finish_oldest()
-        return self._inner.result()
-
-    def done(self) -> bool:
-        return self._inner.done()

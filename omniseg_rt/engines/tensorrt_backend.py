@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import deque
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omniseg_rt._optional import require
-from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
+from omniseg_rt.engines.base import GraphSpec, InFlightRunner
 from omniseg_rt.engines.hardware import nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command
 from omniseg_rt.engines.tensorrt_logic import build_plan, cache_key, compatibility_problems, profile_shapes
@@ -142,7 +140,7 @@ class _Slot:
         self.batch = 0
 
 
-class TensorRTRunner(GraphRunner):
+class TensorRTRunner(InFlightRunner):
     def __init__(self, spec: GraphSpec, folder: Path, manifest: dict) -> None:
         trt, cuda = _trt(), _cuda()
         built = manifest.get("tensorrt", {})
@@ -162,20 +160,16 @@ class TensorRTRunner(GraphRunner):
         if self.engine is None:
             raise InvalidInputError(f"{folder}: TensorRT could not deserialise {entry['plan']}; "
                                     f"rebuild with: {rebuild_command(manifest)}")
-        batch_max = built["profile"]["batch"][2]
+        self.max_batch = built["profile"]["batch"][2]
         self.window = built["profile"]["window"]
-        self.max_batch = batch_max
-        self.slots = deque(_Slot(self.engine, cuda, batch_max, self.window, len(spec.tissues)) for _ in range(SLOTS))
-        self.pending: deque[tuple[_Slot, Future]] = deque()
+        self._init_slots([_Slot(self.engine, cuda, self.max_batch, self.window, len(spec.tissues))
+                          for _ in range(SLOTS)])
 
-    def _start(self, images: np.ndarray) -> Future:
+    def _launch(self, slot: _Slot, images: np.ndarray) -> None:
         if len(images) > self.max_batch or images.shape[2:] != (self.window, self.window):
             raise InvalidInputError(f"this TensorRT engine takes up to {self.max_batch} windows of "
                                     f"{self.window}x{self.window}, got {images.shape}")
-        if not self.slots:
-            self._finish_oldest()
-        slot, cuda = self.slots.popleft(), self.cuda
-        n = len(images)
+        n, cuda = len(images), self.cuda
         slot.batch = n
         slot.host_in[:n] = images
         cuda.memcpy_htod_async(slot.dev_in, slot.host_in[:n], slot.stream)
@@ -186,26 +180,12 @@ class TensorRTRunner(GraphRunner):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         cuda.memcpy_dtoh_async(slot.host_out[:n], slot.dev_out, slot.stream)
         slot.done.record(slot.stream)
-        future: Future = Future()
-        self.pending.append((slot, future))
-        return future
 
-    def _finish_oldest(self) -> None:
-        slot, future = self.pending.popleft()
+    def _collect(self, slot: _Slot) -> np.ndarray:
         slot.done.synchronize()
-        future.set_result(np.array(slot.host_out[:slot.batch]))
-        self.slots.append(slot)
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        images = check_images(images)
-        futures = [self._start(images[i:i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
-        while self.pending:
-            self._finish_oldest()
-        return np.concatenate([f.result() for f in futures])
+        return np.array(slot.host_out[:slot.batch])
 
     def close(self) -> None:
-        while self.pending:
-            self._finish_oldest()
-        self.slots.clear()
+        super().close()
         self.engine = None
         self.cuda_context.pop()

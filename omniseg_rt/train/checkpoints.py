@@ -51,3 +51,17 @@ def save_checkpoint(path: Path, model: OmniSeg, metadata: dict[str, Any], **stat
 def load_training_state(path: Path) -> dict[str, Any]:
     """Everything a ``--resume`` needs, read with ``weights_only=True``."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_for_release(source: Path, dest: Path) -> dict[str, Any]:
+    """Copy a training checkpoint's weights (original layout) and metadata, weights as float16.
+
+    Optimizer, scheduler and RNG state are dropped: the result is for inference and is about a
+    quarter of a ``last.pth``. ``load_checkpoint`` turns the weights back into float32.
+    """
+    state = load_training_state(source)
+    payload = {"model": {k: v.half() for k, v in state["model"].items()}, "omniseg_rt": state["omniseg_rt"]}
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, dest)
+    return state["omniseg_rt"]

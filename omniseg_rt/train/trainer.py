@@ -129,7 +129,7 @@ def train(
         "data_sha256": data_hash(samples), "samples": len(samples), "train": len(train_idx), "val": len(val_idx),
         "skipped": dict(found.skipped), "recipe": asdict(config), "versions": versions(),
     }
-    start_epoch, best, history = 0, -1.0, []
+    start_epoch, best, history, spent = 0, -1.0, [], 0.0
     if resume:
         state = load_training_state(last)
         if state["omniseg_rt"]["data_sha256"] != meta["data_sha256"]:
@@ -139,16 +139,17 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         start_epoch, best, history = state["epoch"], state["best_score"], state["history"]
+        spent = float(state.get("train_seconds", 0.0))
         log.info("resuming %s at epoch %d", out, start_epoch)
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
         save_checkpoint(path, model, {**meta, "epoch": epoch, "metrics": metrics}, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), epoch=epoch, rng_torch=torch.get_rng_state(),
-                        best_score=best, history=history)
+                        best_score=best, history=history, train_seconds=spent + time.perf_counter() - begin)
 
+    begin, seen = time.perf_counter(), 0
     if start_epoch == 0:
         save(last, 0, {})  # a resumable state exists from the start, even if epoch 1 is interrupted
-    begin, seen = time.perf_counter(), 0
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         model.train()

@@ -1,0 +1,35 @@
+"""The bundled demo model: loadable, documented, and its card's figures reproduced by evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import PATCHES, run_cli
+from omniseg_rt.data import DEMO_CARD, DEMO_MODEL
+from omniseg_rt.fileutil import sha256_file
+
+
+def test_bundled_model_is_small_and_documented():
+    assert DEMO_MODEL.stat().st_size <= 25 * 1024 * 1024
+    card = json.loads(DEMO_CARD.read_text())
+    assert card["sha256"] == sha256_file(DEMO_MODEL)
+    text = (DEMO_MODEL.parent / "MODEL_CARD.md").read_text()
+    assert "not a clinical model" in text and card["command"] in text
+    info = json.loads(run_cli("inspect", str(DEMO_MODEL), "--json").stdout)
+    assert info["family"] == card["family"] and info["parameters"] == 6_986_122
+    assert info["dtypes"] == ["float16"] and info["metadata"]["data_sha256"] == card["data_sha256"]
+
+
+def test_evaluate_reproduces_the_model_card():
+    result = run_cli("evaluate", str(PATCHES), "--json")  # --model defaults to the demo model
+    assert result.returncode == 0, result.stderr
+    got = {r["abbrev"]: r for r in json.loads(result.stdout)["tissues"]}
+    want = {r["abbrev"]: r for r in json.loads(DEMO_CARD.read_text())["evaluate_all_patches"]["tissues"]}
+    assert got.keys() == want.keys() == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
+    for abbrev, row in want.items():
+        assert got[abbrev]["patches"] == row["patches"]
+        # a few boundary pixels may flip between CPUs (oneDNN rounding); the figures must hold
+        assert got[abbrev]["dice"] == pytest.approx(row["dice"], abs=2e-3), abbrev
+        assert got[abbrev]["iou"] == pytest.approx(row["iou"], abs=2e-3), abbrev
