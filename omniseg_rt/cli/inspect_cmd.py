@@ -15,7 +15,7 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="A checkpoint (.pth), an exported graph (.onnx) or an engine directory.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show what a checkpoint or exported graph holds: family, tissues, parameters, hashes."""
+    """Show what a checkpoint, exported graph or engine directory holds (family, tissues, hashes)."""
     from omniseg_rt.artifacts import describe
 
     info = describe(path)

@@ -16,7 +16,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory (last.pth, best.pth and their .json).")],
     epochs: Annotated[int, typer.Option(help="Epochs (poly decay runs over them).")] = 100,
     batch_size: Annotated[int, typer.Option(help="Patches per batch (one tissue per batch).")] = 4,
-    lr: Annotated[float, typer.Option(help="Initial SGD learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="sgd (original: momentum 0.99, Nesterov) or adam (AdamW).")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Initial learning rate (poly decay).")] = 1e-3,
     val_fraction: Annotated[float, typer.Option(help="Share of patches for validation, split by source image.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of split, sampler, initialisation and augmentation.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -33,7 +34,7 @@ def train(
     from omniseg_rt.train.trainer import TrainConfig
     from omniseg_rt.train.trainer import train as run
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, val_fraction=val_fraction, seed=seed,
                          device=device, amp=amp, workers=workers, family=family,
                          init=str(init) if init else None, augment=augment)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

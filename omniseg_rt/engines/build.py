@@ -104,6 +104,17 @@ def _check_backend(backend: str, precision: str, device: str, model: Path) -> No
         )
 
 
+def _resolve_device(backend: str, requested: str) -> str:
+    """The device an ``auto`` device means for ``backend``: CUDA for TensorRT, torch's choice, else CPU."""
+    if requested != "auto":
+        return requested
+    if backend == "torch":
+        from omniseg_rt.engines.torch_backend import pick_device
+
+        return pick_device("auto")
+    return "cuda" if backend == "tensorrt" else "cpu"
+
+
 def _versions(backend: str) -> dict[str, str]:
     import importlib
 
@@ -174,11 +185,7 @@ def build_engine(
     settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
                                 device=device)
     chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
-    chosen_device = settings.device if settings.device != "auto" else ("cuda" if chosen_backend == "tensorrt" else "cpu")
-    if chosen_backend == "torch" and settings.device == "auto":
-        from omniseg_rt.engines.torch_backend import pick_device
-
-        chosen_device = pick_device("auto")
+    chosen_device = _resolve_device(chosen_backend, settings.device)
     chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
                         if settings.precision == "auto" else settings.precision)
     _check_backend(chosen_backend, chosen_precision, chosen_device, source)
@@ -190,14 +197,12 @@ def build_engine(
     start = time.perf_counter()
     try:
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
-        graph_entries = []
-        for graph in graphs:
-            meta = read_manifest(graph)
-            graph_entries.append({
-                "name": meta["name"], "file": f"graphs/{graph.name}",
-                "tissues": [t["task_id"] for t in meta["tissues"]],
-                "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
-            })
+        metas = [read_manifest(graph) for graph in graphs]
+        graph_entries = [
+            {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
+             "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"]}
+            for graph, meta in zip(graphs, metas)
+        ]
         if chosen_backend == "torch":
             shutil.copy2(source, staging / "model.pth")
         manifest: dict[str, Any] = {
@@ -211,7 +216,7 @@ def build_engine(
                        "meaning": "foreground minus background logit; foreground where > 0"},
             "source": {"path": str(source), "sha256": sha256_file(source),
                        "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
-            "family": read_manifest(graphs[0])["family"],
+            "family": metas[0]["family"],
             "profile": settings.as_dict(),
             "settings": {"threads": settings.threads, "device": chosen_device},
             "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},

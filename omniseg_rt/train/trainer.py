@@ -31,6 +31,7 @@ class TrainConfig:
 
     epochs: int = 100
     batch_size: int = 4
+    optimizer: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.99
     nesterov: bool = True
@@ -115,8 +116,13 @@ def train(
     if model.family != config.family:
         raise InvalidInputError(f"--init {config.init} is a {model.family} checkpoint, the run trains {config.family}")
     model = model.to(device=device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
+    elif config.optimizer == "adam":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        raise InvalidInputError(f"--optimizer {config.optimizer}: choose sgd (the original recipe) or adam")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: max(0.0, 1.0 - e / config.epochs) ** config.poly_power)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
