@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--command", required=True, help="the exact training command, for the card")
+    parser.add_argument("--note", default="", help="a status line for the card (e.g. still improving)")
     parser.add_argument("--wall-seconds", type=float, default=None, help="training wall time, if the run lacks it")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/kidney_patches")
     args = parser.parse_args()
@@ -42,9 +43,12 @@ def main() -> None:
         "data_sha256": meta["data_sha256"], "train_patches": meta["train"], "val_patches": meta["val"],
         "epochs_run": len(history), "best_epoch": best["epoch"], "val_dice_best_epoch": best["val_dice"],
         "train_seconds": last.get("train_seconds", args.wall_seconds), "history": history, "recipe": meta["recipe"],
-        "versions": meta["versions"], "evaluate_all_patches": result,
+        "versions": meta["versions"], "status": args.note, "evaluate_all_patches": result,
     }
     DEMO_CARD.write_text(json.dumps(card, indent=2) + "\n")
+    r = meta["recipe"]
+    recipe = (f"SGD lr {r['lr']}, momentum {r['momentum']}, Nesterov" if r.get("optimizer", "sgd") == "sgd"
+              else f"AdamW lr {r['lr']}")
     rows = "\n".join(
         f"| {r['abbrev']} | {best['val_dice'].get(r['abbrev'], float('nan')):.3f} | {r['dice']:.3f} | {r['iou']:.3f} |"
         for r in result["tissues"])
@@ -52,13 +56,13 @@ def main() -> None:
 
 **A demonstration, not a clinical model.** It was trained on 72 kidney patches (256x256, four
 stains); real use needs a model trained on thousands of annotated patches.
-
+{chr(10) + "**Status:** " + args.note + chr(10) if args.note else ""}
 - Family: {meta['family']} (Omni-Seg scale-aware controller), {sum(v.numel() for v in torch.load(DEMO_MODEL, weights_only=True)['model'].values()):,} parameters (with the four unused upstream modules), weights stored as float16.
 - Data: the Omni-Seg KI_data demo patches ({meta['samples']} patches, {meta['train']} for training,
   {meta['val']} held out for validation, split by source image), data sha256 `{meta['data_sha256'][:16]}...`.
 - Command: `{args.command}`
-- Epochs: {len(history)} (best validation at epoch {best['epoch']}); recipe: SGD lr {meta['recipe']['lr']},
-  momentum {meta['recipe']['momentum']}, Nesterov, poly decay {meta['recipe']['poly_power']}, batch {meta['recipe']['batch_size']}, augmentation {'on' if meta['recipe']['augment'] else 'off'}.
+- Epochs: {len(history)} (best validation at epoch {best['epoch']}); recipe: {recipe}, poly decay
+  {meta['recipe']['poly_power']}, batch {meta['recipe']['batch_size']}, augmentation {'on' if meta['recipe']['augment'] else 'off'}.
 - Wall time: {card['train_seconds'] / 60:.0f} minutes on {meta['versions'].get('cpu', 'a 2-core CPU')} ({card['train_seconds'] / max(1, len(history)):.0f} s per epoch).
 
 | tissue | validation Dice (held-out, best epoch) | Dice on all 72 patches | IoU on all 72 patches |
