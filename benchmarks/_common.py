@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -66,3 +67,14 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def parser(doc: str, threads: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: checkpoint, batch, window, repeats, threads."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(SHARED / "conformance" / "upstream_midl_seed0.pth"))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=threads)
+    return p

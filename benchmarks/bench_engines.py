@@ -10,7 +10,6 @@ with achieved GFLOP/s against the fp32 / bf16 GEMM ceilings measured in the same
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import SHARED, environment, median_seconds, real_windows, write_result
+from _common import environment, median_seconds, parser, real_windows, write_result
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.bench import gemm_ceiling, gflop_per_window
 from omniseg_rt.engines.hardware import native_bf16
@@ -26,13 +25,7 @@ from omniseg_rt.model import load_checkpoint
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(SHARED / "conformance" / "upstream_midl_seed0.pth"))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--window", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser(__doc__, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     windows = real_windows(args.batch, args.window)
     images = torch.from_numpy(windows).float() / 255.0

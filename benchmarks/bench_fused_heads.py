@@ -13,14 +13,13 @@ side in one run on the same real windows and thread count:
 
 from __future__ import annotations
 
-import argparse
 
 import onnxruntime as ort
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import SHARED, environment, median_seconds, real_windows, write_result
+from _common import environment, median_seconds, parser, real_windows, write_result
 from omniseg_rt.export.onnx_graph import simplify, to_onnx
 from omniseg_rt.export.wrapper import FusedGraph
 from omniseg_rt.model import load_checkpoint
@@ -28,13 +27,7 @@ from omniseg_rt.tissues import TISSUES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(SHARED / "conformance" / "upstream_midl_seed0.pth"))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--window", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
+    args = parser(__doc__, threads=torch.get_num_threads()).parse_args()
     torch.set_num_threads(args.threads)
 
     model = load_checkpoint(args.checkpoint)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
-from omniseg_rt.fileutil import sha256_file
+from omniseg_rt.fileutil import atomic_write_text, read_format_json, sha256_file
 
 FORMAT = "omniseg-rt.onnx/1"
 INPUT_NAME = "image"
@@ -29,9 +29,7 @@ def write_manifest(graph: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """Write the sidecar beside ``graph`` (with the graph's sha256), atomically."""
     full = {**manifest, "graph_file": Path(graph).name, "graph_sha256": sha256_file(graph)}
     path = sidecar_path(graph)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(full, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(full, indent=2) + "\n")
     return path
 
 
@@ -50,12 +48,7 @@ def read_manifest(graph: str | os.PathLike, verify_hash: bool = True) -> dict[st
                 f"{path}: not found; every exported graph needs its .onnx and .json side by side "
                 "(re-export with: omniseg-rt export CHECKPOINT)"
             )
-    try:
-        manifest = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{side}: unreadable graph manifest ({exc}); re-export the graph") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InvalidInputError(f"{side}: not an omniseg-rt graph manifest (format {FORMAT!r} expected)")
+    manifest = read_format_json(side, FORMAT, "graph manifest", "re-export the graph")
     if verify_hash and sha256_file(graph) != manifest.get("graph_sha256"):
         raise InvalidInputError(
             f"{graph}: its sha256 does not match {side.name}: the graph was changed after export; re-export it"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
-from omniseg_rt.fileutil import sha256_file
+from omniseg_rt.fileutil import atomic_write_text, read_format_json, sha256_file
 
 FORMAT = "omniseg-rt.engine/1"
 MANIFEST = "manifest.json"
@@ -29,9 +29,7 @@ MANIFEST = "manifest.json"
 def write_engine_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``folder/manifest.json`` atomically (temporary name, then rename)."""
     path = folder / MANIFEST
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
     return path
 
 
@@ -48,12 +46,7 @@ def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -
     path = folder / MANIFEST
     if not path.is_file():
         raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: unreadable engine manifest ({exc}); rebuild the engine") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InvalidInputError(f"{path}: not an omniseg-rt engine manifest (format {FORMAT!r} expected)")
+    manifest = read_format_json(path, FORMAT, "engine manifest", "rebuild the engine")
     if verify_files:
         problems = []
         for rel, digest in manifest.get("files", {}).items():

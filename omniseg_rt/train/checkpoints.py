@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from omniseg_rt import __version__
+from omniseg_rt.fileutil import atomic_write_text
 from omniseg_rt.model import OmniSeg, upstream_state_dict
 from omniseg_rt.train.dataset import Sample
 
@@ -42,10 +43,7 @@ def save_checkpoint(path: Path, model: OmniSeg, metadata: dict[str, Any], **stat
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp_side = side.with_name(f".{side.name}.tmp")
-    tmp_side.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-    os.replace(tmp_side, side)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2, default=str) + "\n")
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
