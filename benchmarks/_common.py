@@ -29,7 +29,8 @@ def real_windows(count: int, size: int = 512, seed: int = 0) -> np.ndarray:
     paths = sorted(p for p in PATCHES.rglob("im_*.png") if "_mask_" not in p.name)
     rng = np.random.default_rng(seed)
     per_side = -(-size // 256)
-    picks = rng.choice(len(paths), size=count * per_side * per_side, replace=False)
+    need = count * per_side * per_side
+    picks = rng.choice(len(paths), size=need, replace=need > len(paths))
     tiles = [np.asarray(Image.open(paths[i]).convert("RGB")) for i in picks]
     windows = []
     for w in range(count):

@@ -178,3 +178,12 @@ def test_evaluate_checkpoint_graph_and_cli(tmp_path):
     assert json.loads(result.stdout)["tissues"][0]["by_stain"].keys() == {"he"}
     missing = run_cli("evaluate", str(data), "--model", str(tmp_path / "nope.pth"))
     assert missing.returncode == 1 and "nope.pth" in missing.stderr
+
+
+def test_patience_counts_epochs_since_the_best_score():
+    from omniseg_rt.train.trainer import _epochs_since_best
+
+    scores = [0.1, 0.3, 0.2, 0.25, 0.3]  # a tie does not count as better
+    assert _epochs_since_best([{"score": s} for s in scores]) == 3
+    assert _epochs_since_best([{"score": s} for s in (0.1, 0.2)]) == 0
+    assert _epochs_since_best([]) == 0

@@ -2,6 +2,9 @@
 
     python tools/bundle_demo_model.py RUN_DIR --command "omniseg-rt train ..." [--data DIR]
 
+RUN_DIR holds ``best.pth`` and ``last.pth`` (or, for a run trained on another machine, the
+``history.json`` that ``tools/gpu_session.sh`` brings back with a release ``best.pth``).
+
 Writes ``omniseg_rt/data/demo_model.pth`` (float16 weights, original layout + metadata),
 ``demo_model.json`` (training summary, validation Dice per tissue, evaluation on the data) and
 ``MODEL_CARD.md``. The evaluation figures are what ``omniseg-rt evaluate DATA`` prints for the
@@ -32,7 +35,10 @@ def main() -> None:
     args = parser.parse_args()
 
     meta = save_for_release(args.run / "best.pth", DEMO_MODEL)
-    last = torch.load(args.run / "last.pth", weights_only=True)
+    if (args.run / "last.pth").is_file():
+        last = torch.load(args.run / "last.pth", weights_only=True)
+    else:  # a run trained elsewhere (e.g. a GPU machine) comes back as best.pth + history.json
+        last = json.loads((args.run / "history.json").read_text())
     history = last["history"]
     best = max(history, key=lambda h: h["score"])
     result = evaluate(args.data, predictor(DEMO_MODEL)[0])
@@ -63,7 +69,7 @@ stains); real use needs a model trained on thousands of annotated patches.
 - Command: `{args.command}`
 - Epochs: {len(history)} (best validation at epoch {best['epoch']}); recipe: {recipe}, poly decay
   {meta['recipe']['poly_power']}, batch {meta['recipe']['batch_size']}, augmentation {'on' if meta['recipe']['augment'] else 'off'}.
-- Wall time: {card['train_seconds'] / 60:.0f} minutes on {meta['versions'].get('cpu', 'a 2-core CPU')} ({card['train_seconds'] / max(1, len(history)):.0f} s per epoch).
+- Wall time: {card['train_seconds'] / 60:.1f} minutes on {meta.get('hardware', 'a 2-core CPU')} ({card['train_seconds'] / max(1, len(history)):.0f} s per epoch).
 
 | tissue | validation Dice (held-out, best epoch) | Dice on all 72 patches | IoU on all 72 patches |
 |---|---|---|---|

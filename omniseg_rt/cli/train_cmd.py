@@ -26,6 +26,8 @@ def train(
     family: Annotated[str, typer.Option(help="scale (scale-aware) or midl.")] = "scale",
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint.")] = None,
     augment: Annotated[bool, typer.Option(help="Geometric, colour and noise augmentation.")] = True,
+    patience: Annotated[int, typer.Option(
+        help="Stop after this many epochs without a better validation Dice (0: run all epochs).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
 ) -> None:
     """Train Omni-Seg on partially labelled patches (each labelled for one tissue)."""
@@ -36,7 +38,8 @@ def train(
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, val_fraction=val_fraction, seed=seed,
                          device=device, amp=amp, workers=workers, family=family,
-                         init=str(init) if init else None, augment=augment)
+                         init=str(init) if init else None, augment=augment,
+                         patience=patience)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -47,6 +50,8 @@ def train(
                 progress.update(bar, description=f"epoch {event['epoch']}/{event['epochs']}",
                                 total=event["steps"], completed=event["step"],
                                 info=f"loss {event['loss']:.3f}  {event['patches_per_s']:.1f} patches/s")
+            elif event["event"] == "stopped":
+                progress.console.print(f"no better validation Dice for {event['patience']} epochs: stopping")
             else:
                 dice = ", ".join(f"{k} {v:.3f}" for k, v in event["val_dice"].items())
                 progress.console.print(f"epoch {event['epoch']}: loss {event['loss']:.3f}; val Dice {dice or '-'}"

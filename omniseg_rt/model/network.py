@@ -36,6 +36,9 @@ class OmniSeg(UNetBackbone):
         self.family = family
         c_in = POOLED_CHANNELS + NUM_TASKS if family == MIDL else POOLED_CHANNELS * NUM_TASKS * NUM_SCALES
         setattr(self, CONTROLLER_NAME[family], nn.Conv2d(c_in, NUM_PARAMS, kernel_size=1))
+        # task/scale index tensors per (tasks, scales, device): made once, so a forward copies
+        # nothing from the host (CUDA graphs capture it; no sync per batch)
+        self._indices: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def controller_conv(self) -> nn.Conv2d:
@@ -63,15 +66,13 @@ class OmniSeg(UNetBackbone):
         scale_ids = [TISSUES[t].scale_id for t in task_ids] if scales is None else list(scales)
         if len(scale_ids) != len(task_ids) or not all(0 <= s < NUM_SCALES for s in scale_ids):
             raise InvalidInputError(f"scales {scales!r} must give one id in 0..3 per task")
-        dev = pooled.device
+        key = (tuple(task_ids), tuple(scale_ids), pooled.device)
+        if key not in self._indices:
+            with torch.inference_mode(False):  # normal tensors: usable in training and inference
+                self._indices[key] = (torch.tensor(task_ids, device=pooled.device),
+                                      torch.tensor(scale_ids, device=pooled.device))
         conv = self.controller_conv
-        a, c = task_affine(
-            self.family,
-            conv.weight,
-            conv.bias,
-            torch.tensor(task_ids, device=dev),
-            torch.tensor(scale_ids, device=dev),
-        )
+        a, c = task_affine(self.family, conv.weight, conv.bias, *self._indices[key])
         params = head_params(pooled, a.to(pooled.dtype), c.to(pooled.dtype))
         return run_heads(head_input, params)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,6 +47,7 @@ class TrainConfig:
     family: str = "scale"
     init: str | None = None
     augment: bool = True
+    patience: int = 0  # stop after this many epochs without a better validation score (0: never)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -70,6 +73,19 @@ def _device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def _hardware(device: torch.device) -> str:
+    """What the run trains on, for the model card: the GPU's name, or the CPU's cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"a {os.cpu_count()}-core {platform.machine()} CPU"
+
+
+def _epochs_since_best(history: list[dict]) -> int:
+    """Epochs run after the one with the best score (0 when the last epoch is the best)."""
+    scores = [h["score"] for h in history]
+    return len(scores) - 1 - scores.index(max(scores)) if scores else 0
+
+
 def validate(model: OmniSeg, samples: list[Sample], device: torch.device) -> dict[str, float]:
     """Mean foreground Dice per tissue abbreviation, each patch scored for its own tissue only."""
     model.eval()
@@ -134,6 +150,7 @@ def train(
         "tissues": [t.task_id for t in TISSUES], "family": config.family, "data": str(data),
         "data_sha256": data_hash(samples), "samples": len(samples), "train": len(train_idx), "val": len(val_idx),
         "skipped": dict(found.skipped), "recipe": asdict(config), "versions": versions(),
+        "hardware": _hardware(device),
     }
     start_epoch, best, history, spent = 0, -1.0, [], 0.0
     if resume:
@@ -188,8 +205,12 @@ def train(
         if improved:
             save(out / "best.pth", epoch + 1, metrics)
         notify({"event": "epoch", **history[-1], "best": best, "improved": improved})
+        if config.patience and _epochs_since_best(history) >= config.patience:
+            log.info("validation score has not improved for %d epochs: stopping at epoch %d", config.patience, epoch + 1)
+            notify({"event": "stopped", "epoch": epoch + 1, "patience": config.patience})
+            break
     seconds = time.perf_counter() - begin
     final = history[-1] if history else {}
-    return {"out": str(out), "epochs": config.epochs, "best_score": best, "last": final, "seconds": seconds,
+    return {"out": str(out), "epochs": len(history), "best_score": best, "last": final, "seconds": seconds,
             "patches_per_s": seen / seconds if seconds else 0.0, "samples": len(samples),
             "train": len(train_idx), "val": len(val_idx), "skipped": dict(found.skipped)}
