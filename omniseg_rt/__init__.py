@@ -5,3 +5,10 @@ that need them.
 """
 
 __version__ = "0.1.0"
+
+
+def segment(*args, **kwargs):
+    """Segment whole slides: see :func:`omniseg_rt.runtime.segment` (imported on first use)."""
+    from omniseg_rt.runtime import segment as run
+
+    return run(*args, **kwargs)

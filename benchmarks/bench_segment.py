@@ -1,0 +1,145 @@
+"""``segment`` end to end vs the engine alone, its time breakdown, peak RSS vs slide size, and
+network passes per 4096x4096 40x region vs the original pipeline.
+
+1. Builds (or takes, ``--engine``) the bundled model's CPU engine; segments the real sample slide
+   (all tissues) and reports windows/s end to end against what the same engine's runners need
+   for the same windows and batches alone (ratio target >= 0.9), with seconds spent reading,
+   inferring, stitching and writing.
+2. Peak RSS of ``segment`` (one subprocess each) on a synthetic slide and one 4x larger.
+3. Passes per 4096x4096 40x region: our plan (one pass per window per scale group, all of the
+   group's tissues at once) vs the original's 1,917.
+
+    python benchmarks/bench_segment.py [--engine DIR] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from _common import REPO, environment, parser, write_result
+from omniseg_rt.data import SAMPLE_SLIDE
+from omniseg_rt.engines import build_engine, open_engine
+from omniseg_rt.runtime import segment
+from omniseg_rt.runtime.plan import plan_group
+from omniseg_rt.runtime.readers import read_window
+from omniseg_rt.runtime.settings import DEFAULT_OVERLAP
+from omniseg_rt.slide import open_slide
+from omniseg_rt.tissues import SCALE_GROUPS
+
+ORIGINAL_PASSES_PER_REGION = 1917
+
+RSS_SCRIPT = """
+import json, resource, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from synthetic import tissue_pattern, write_aperio
+from omniseg_rt.runtime import segment
+side, engine, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+slide = write_aperio(out / f"synthetic-{{side}}.svs", tissue_pattern(side, side, block=64), levels=3)
+[r] = segment(slide, engine=engine, out=out / "seg", tissues="10x")
+print(json.dumps({{"status": r.status, "windows": r.windows, "peak_rss_mb":
+    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def engine_alone_seconds(engine, plans, reader, batch: int, repeats: int = 2) -> float:
+    """Seconds the engine's runners need for the plans' windows in the same batches (best of
+    ``repeats`` per batch shape), with real pixels from the slide."""
+    total = 0.0
+    for plan in plans:
+        runner = next(r for r in engine.runners if r.spec.scale_group == plan.group)
+        specs = [s for band in plan.bands for s in band]
+        if not specs:
+            continue
+        pixels = np.stack([read_window(reader, s) for s in specs[:batch]])
+        runner.infer(pixels)
+        best = min(_timed(lambda: runner.infer(pixels)) for _ in range(repeats))
+        full, rest = divmod(len(specs), batch)
+        total += full * best
+        if rest:
+            small = pixels[:rest]
+            runner.infer(small)
+            total += min(_timed(lambda: runner.infer(small)) for _ in range(repeats))
+    return total
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = parser(__doc__, threads=2)
+    p.add_argument("--engine", default=None)
+    p.add_argument("--skip-rss", action="store_true")
+    args = p.parse_args()
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        engine_dir = args.engine or build_engine(None, out=tmp / "engine", threads=args.threads)[0]
+        with open_engine(engine_dir, threads=args.threads) as engine:
+            start = time.perf_counter()
+            [result] = segment(SAMPLE_SLIDE, engine=engine, out=tmp / "seg")
+            wall = time.perf_counter() - start
+            assert result.status == "done", result.reason
+            manifest = json.loads((Path(result.out) / "manifest.json").read_text())
+            batch = manifest["settings"]["batch"]
+            with open_slide(SAMPLE_SLIDE) as reader:
+                g = reader.geometry
+                from omniseg_rt.slide import detect_tissue
+                from omniseg_rt.slide.tissue import TISSUE_MPP
+
+                tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
+                plans = [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for,
+                                    manifest["settings"]["window"], manifest["settings"]["overlap"], tissue,
+                                    TISSUE_MPP) for group in SCALE_GROUPS]
+                alone = engine_alone_seconds(engine, plans, reader, batch)
+        windows = sum(result.windows.values())
+        e2e = {"slide": SAMPLE_SLIDE.name, "windows": result.windows, "wall_seconds": wall,
+               "windows_per_second": windows / wall, "engine_alone_seconds": alone,
+               "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
+               "breakdown_seconds": result.seconds, "batch": batch}
+        rss = []
+        if not args.skip_rss:
+            for side in (2048, 4096):
+                code = RSS_SCRIPT.format(tests=str(REPO / "tests"))
+                out = subprocess.run([sys.executable, "-c", code, str(side), str(engine_dir), str(tmp)],
+                                     capture_output=True, text=True, check=True)
+                rss.append({"side_px": side, **json.loads(out.stdout.strip().splitlines()[-1])})
+    passes = []
+    for group in SCALE_GROUPS:
+        plan = plan_group(group, group.nominal_mpp, 0.25, (4096, 4096), (1.0,), lambda mpp: 0, 512, DEFAULT_OVERLAP)
+        passes.append({"group": group.name, "windows": plan.windows})
+    ours = sum(p["windows"] for p in passes)
+
+    table = Table(title=f"segment end to end ({SAMPLE_SLIDE.name}, all tissues, batch {batch})")
+    for column in ("measure", "value"):
+        table.add_column(column)
+    table.add_row("windows (5x/10x/40x)", " / ".join(str(v) for v in result.windows.values()))
+    table.add_row("segment windows/s", f"{e2e['windows_per_second']:.2f}")
+    table.add_row("engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
+    table.add_row("ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
+    table.add_row("seconds: " + ", ".join(result.seconds), ", ".join(f"{v:.1f}" for v in result.seconds.values()))
+    for r in rss:
+        table.add_row(f"peak RSS, synthetic {r['side_px']}^2 px slide (10x: {sum(r['windows'].values())} windows)",
+                      f"{r['peak_rss_mb']:.0f} MB")
+    table.add_row("passes per 4096^2 40x region", f"{ours} ({', '.join(f'{p['group']} {p['windows']}' for p in passes)})"
+                  f" vs original {ORIGINAL_PASSES_PER_REGION} ({ORIGINAL_PASSES_PER_REGION / ours:.1f}x fewer)")
+    console.print(table)
+    payload = {"environment": environment(), "end_to_end": e2e, "rss": rss,
+               "passes_per_region": {"ours": ours, "groups": passes, "original": ORIGINAL_PASSES_PER_REGION}}
+    console.print(f"wrote {write_result('segment', payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``omniseg-rt segment`` and ``omniseg-rt demo``: thin shells over :func:`omniseg_rt.segment`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from omniseg_rt.cli.errors import domain_errors
+from omniseg_rt.cli.render import console, print_json, rows_table
+
+EXIT_SOME_FAILED = 3
+
+
+def segment(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files or folders (a DICOM slide is a folder).")],
+    engine: Annotated[Optional[Path], typer.Option(
+        help="Engine directory (omniseg-rt build). Default: the bundled model's CPU engine, built once.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: one sub-folder per slide, summary.csv.")] = Path(
+        "segmentations"),
+    tissues: Annotated[str, typer.Option(help="all, a scale group (5x, 10x, 40x) or e.g. CAP,TUFT.")] = "all",
+    mpp: Annotated[Optional[float], typer.Option(
+        help="Level-0 pixel size in um/px, for slides that lack it or state it wrongly.")] = None,
+    overlap: Annotated[Optional[int], typer.Option(
+        help="Context pixels shared by neighbouring windows (even; default 128).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Windows per engine call (default: the engine's).")] = None,
+    readers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
+    force: Annotated[bool, typer.Option(help="Redo slides that are already complete.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the per-slide results as JSON.")] = False,
+) -> None:
+    """Segment whole slides for every tissue type at its own magnification."""
+    results = _run(slides, engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
+                   readers=readers, resume=resume, force=force, quiet=json_out)
+    if json_out:
+        from dataclasses import asdict
+
+        print_json([asdict(r) for r in results])
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("omniseg-demo"),
+    force: Annotated[bool, typer.Option(help="Redo it even if it is complete.")] = False,
+) -> None:
+    """Segment the bundled sample slide with the bundled model: see what segment writes."""
+    from omniseg_rt.data import SAMPLE_SLIDE
+
+    results = _run([SAMPLE_SLIDE], out=out, tissues="all", force=force)
+    if results and results[0].status != "failed":
+        console.print(f"open {Path(results[0].out) / 'overlay.png'} for a picture; import "
+                      f"{Path(results[0].out) / 'objects.geojson'} into QuPath (File > Import objects) "
+                      f"over the slide {SAMPLE_SLIDE}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _run(slides, quiet: bool = False, **options):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from omniseg_rt.runtime import segment as run
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=quiet) as progress:
+        overall = progress.add_task("slides", total=None, info="")
+        current = {"task": None, "start": 0.0, "base": 0}
+
+        def show(event: dict) -> None:
+            import time
+
+            kind = event["event"]
+            if kind == "build":
+                progress.update(overall, info=event["message"])
+            elif kind == "slide":
+                progress.update(overall, total=event["slides"], completed=event["index"], info="")
+            elif kind == "slide_start":
+                current.update(task=progress.add_task(event["slide"], total=event["windows"], info=""),
+                               start=time.perf_counter(), base=None)
+            elif kind == "windows" and current["task"] is not None:
+                if current["base"] is None:  # windows done before a resume do not count for the rate
+                    current["base"] = event["done"] - 1
+                rate = (event["done"] - current["base"]) / max(1e-9, time.perf_counter() - current["start"])
+                progress.update(current["task"], completed=event["done"], info=f"{rate:.2f} windows/s")
+            elif kind == "slide_done":
+                progress.advance(overall)
+                if current["task"] is not None:
+                    progress.remove_task(current["task"])
+                    current["task"] = None
+                reason = f": {event['reason']}" if event.get("reason") else ""
+                progress.console.print(f"{event['slide']}: {event['status']}{reason}")
+
+        results = domain_errors(run)(slides, on_progress=show, **options)
+    if not quiet:
+        rows = [(r.slide, r.status, r.out or "-", f"{r.seconds.get('total', 0):.1f}" if r.seconds else "-",
+                 sum(r.windows.values()) if r.windows else "-") for r in results]
+        console.print(rows_table("segment", ("slide", "status", "output", "seconds", "windows"), rows))
+    return results
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment")(domain_errors(segment))
+    app.command("demo")(domain_errors(demo))

@@ -1,0 +1,162 @@
+"""Per-tissue masks as a pyramidal, tiled, compressed OME-TIFF, streamed tile by tile.
+
+The masks of one scale group (uint8 [T, H, W], 0 or 255, often a ``np.memmap`` far larger than
+RAM) are written as one OME image with axes ``CYX`` (one channel per tissue), its pixel size in
+the OME metadata and in the TIFF resolution tags, and reduced levels in SubIFDs, each half the
+size of the one above (nearest downsampling: fine for 0/255 masks) until the largest side fits
+in one tile. Only one tile of pixels is in memory at a time. The file is written under a
+temporary name and renamed onto ``path`` when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from omniseg_rt.errors import InvalidInputError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+#: Above this many uncompressed bytes the file is written as BigTIFF (offsets past 4 GiB).
+_BIGTIFF_BYTES = 2**32 - 2**25
+
+
+def pyramid_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """(H, W) of every pyramid level: level k is ceil(H / 2**k) x ceil(W / 2**k), down to the
+    first level whose largest side is <= ``tile``."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > tile:
+        k = len(shapes)
+        shapes.append((math.ceil(height / 2**k), math.ceil(width / 2**k)))
+    return shapes
+
+
+def _level_tiles(masks: np.ndarray, level: int, tile: int) -> Iterator[np.ndarray]:
+    """Tiles of pyramid ``level``, channel by channel, row-major: uint8 [<=tile, <=tile] each.
+
+    A level-k tile is the strided level-0 region ``masks[c, y0:y1:2**k, x0:x1:2**k]``; tifffile
+    pads edge tiles to the full tile size.
+    """
+    step = 2**level
+    channels, height, width = masks.shape
+    span = tile * step  # level-0 pixels covered by one level-k tile side
+    for c in range(channels):
+        for y0 in range(0, height, span):
+            for x0 in range(0, width, span):
+                region = masks[c, y0 : min(y0 + span, height) : step, x0 : min(x0 + span, width) : step]
+                yield np.ascontiguousarray(region, dtype=np.uint8)
+
+
+def _check(masks: np.ndarray, channel_names: Sequence[str], mpp: float, tile: int) -> None:
+    if getattr(masks, "ndim", None) != 3 or getattr(masks, "dtype", None) != np.uint8:
+        found = f"{type(masks).__name__} {getattr(masks, 'dtype', '?')} {getattr(masks, 'shape', '?')}"
+        raise InvalidInputError(f"masks must be a uint8 [T, H, W] array; got {found}")
+    if min(masks.shape) == 0:
+        raise InvalidInputError(f"masks must not be empty; got shape {masks.shape}")
+    if len(channel_names) != masks.shape[0]:
+        raise InvalidInputError(
+            f"{len(channel_names)} channel names for {masks.shape[0]} mask channels; give one name per channel"
+        )
+    try:
+        ok = math.isfinite(float(mpp)) and float(mpp) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"mpp must be a positive number of micrometres per pixel; got {mpp!r}")
+    if tile < 16 or tile % 16:
+        raise InvalidInputError(f"tile must be a positive multiple of 16 (a TIFF rule); got {tile}")
+
+
+def write_mask_tiff(
+    path: str | os.PathLike,
+    masks: np.ndarray,
+    channel_names: Sequence[str],
+    mpp: float,
+    *,
+    tile: int = 512,
+    compression: str = "zlib",
+) -> None:
+    """Write ``masks`` (uint8 [T, H, W]: a memmap, or any array that slices) as a pyramidal OME-TIFF at ``path``.
+
+    ``channel_names`` names the T channels (e.g. tissue abbreviations); ``mpp`` is the masks'
+    pixel size in micrometres per pixel (level 0; level k has ``mpp * 2**k``). ``tile`` is the
+    TIFF tile side in pixels (multiple of 16); ``compression`` any tifffile codec name.
+    """
+    _check(masks, channel_names, mpp, tile)
+    mpp = float(mpp)  # numpy scalars break tifffile's rational tags
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    channels, height, width = masks.shape
+    shapes = pyramid_shapes(height, width, tile)
+    options = dict(
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="minisblack",
+        compression=compression,
+        resolutionunit="CENTIMETER",
+    )
+    metadata = {
+        "axes": "CYX",
+        "PhysicalSizeX": float(mpp),
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": float(mpp),
+        "PhysicalSizeYUnit": "µm",
+        "Channel": {"Name": [str(n) for n in channel_names]},
+    }
+    bigtiff = channels * height * width * 4 // 3 > _BIGTIFF_BYTES  # all levels, uncompressed
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif:
+            for level, (h, w) in enumerate(shapes):
+                pixels_per_cm = 1e4 / (mpp * 2**level)
+                extra = (
+                    {"subifds": len(shapes) - 1, "metadata": metadata}
+                    if level == 0
+                    else {"subfiletype": 1, "metadata": None}
+                )
+                tif.write(
+                    _level_tiles(masks, level, tile),
+                    shape=(channels, h, w),
+                    resolution=(pixels_per_cm, pixels_per_cm),
+                    **options,
+                    **extra,
+                )
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("wrote %s: %d channels, %dx%d px at %.4g um/px, %d levels", target, channels, width,
+             height, mpp, len(shapes))
+
+
+def read_mask_tiff(path: str | os.PathLike, level: int = 0) -> tuple[np.ndarray, float, list[str]]:
+    """Read one pyramid level of a mask OME-TIFF written by :func:`write_mask_tiff`.
+
+    Returns (uint8 [C, H, W] pixels of that level, its pixel size in um/px, the C channel
+    names). Reads the whole level into memory: for tests, small slides and reduced levels.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise MissingFileError(f"mask TIFF {target} does not exist")
+    with tifffile.TiffFile(target) as tif:
+        if not tif.is_ome or not tif.series:
+            raise InvalidInputError(f"{target} is not an OME-TIFF")
+        levels = tif.series[0].levels
+        if not 0 <= level < len(levels):
+            raise InvalidInputError(f"{target} has pyramid levels 0..{len(levels) - 1}; asked for {level}")
+        pixels = levels[level].asarray()
+        meta = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+    image = meta[0] if isinstance(meta, list) else meta
+    info = image["Pixels"]
+    channels = info.get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    names = [str(ch.get("Name", f"channel {i}")) for i, ch in enumerate(channels)]
+    if pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    mpp = float(info["PhysicalSizeX"]) * 2**level
+    return pixels, mpp, names

@@ -1,0 +1,40 @@
+"""The engine ``segment`` uses when given none: the CPU engine of the bundled demo model, built
+once and cached (``$OMNISEG_RT_CACHE``, else ``$XDG_CACHE_HOME/omniseg-rt``, else
+``~/.cache/omniseg-rt``), keyed by the model's hash and the machine's backend and precision."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from omniseg_rt.errors import OmnisegError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    if os.environ.get("OMNISEG_RT_CACHE"):
+        return Path(os.environ["OMNISEG_RT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "omniseg-rt"
+
+
+def default_engine(on_progress: Callable[[str], None] | None = None) -> Path:
+    """Path of the cached demo-model CPU engine, building it the first time (minutes)."""
+    from omniseg_rt.data import demo_model
+    from omniseg_rt.engines import build_engine, open_engine
+    from omniseg_rt.fileutil import sha256_file
+
+    model = demo_model()
+    folder = cache_dir() / "engines" / f"demo-{sha256_file(model)[:12]}-cpu"
+    if (folder / "manifest.json").is_file():
+        try:
+            open_engine(folder).close()
+            return folder
+        except OmnisegError as exc:  # e.g. another OpenVINO version: build again
+            log.warning("cached engine %s is not usable here (%s); building it again", folder, exc)
+    log.info("building the demo model's CPU engine once, into %s", folder)
+    path, _ = build_engine(model, out=folder, force=False, on_progress=on_progress, device="cpu")
+    return path

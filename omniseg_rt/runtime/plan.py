@@ -1,0 +1,124 @@
+"""The window plan of one scale group on one slide: pure geometry, no I/O.
+
+The group's canvas is the slide resampled to the group's pixel size ``mpp``. It is cut into
+cells of ``stride = window - overlap`` pixels; each cell is inferred from the window of
+``window`` pixels centred on it (``overlap / 2`` pixels of context on every side, white beyond
+the slide) and only the cell -- the window's valid centre -- is written to the canvas, so every
+canvas pixel comes from exactly one window. Rows of cells are *bands*, processed in order; a
+cell with no tissue under it is not in the plan (never read, never inferred: its pixels stay 0).
+
+Coordinates: ``g_*`` canvas (group) pixels, ``l0_*`` level-0 slide pixels; one canvas pixel is
+``scale = mpp / slide_mpp`` level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.tissues import ScaleGroup
+
+#: A group needing more than this upsampling (slide far coarser than the group) is skipped.
+MAX_UPSAMPLE = 4.0
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One window: where to read it and which part of the canvas it writes.
+
+    ``l0_xy``: level-0 top-left of the window's region (may be negative); ``level`` and
+    ``read_size`` (w, h): what to read there, to be resized to ``window`` x ``window``;
+    ``cell``: (y0, y1, x0, x1) canvas rows/cols the window writes; ``crop``: (y0, x0) of that cell
+    inside the window; ``t_rc``: (band, column) of the cell.
+    """
+
+    group: str
+    t_rc: tuple[int, int]
+    l0_xy: tuple[int, int]
+    level: int
+    read_size: tuple[int, int]
+    window: int
+    cell: tuple[int, int, int, int]
+    crop: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """All windows of one scale group, band by band (``bands[k]``: windows of cell row k)."""
+
+    group: str
+    task_ids: tuple[int, ...]
+    mpp: float
+    scale: float
+    canvas: tuple[int, int]  # (height, width) in canvas pixels
+    window: int
+    overlap: int
+    bands: tuple[tuple[WindowSpec, ...], ...]
+    cells_total: int
+    warnings: tuple[str, ...]
+
+    @property
+    def windows(self) -> int:
+        return sum(len(b) for b in self.bands)
+
+
+def plan_group(
+    group: ScaleGroup,
+    mpp: float,
+    slide_mpp: float,
+    l0_size: tuple[int, int],
+    level_downsamples: tuple[float, ...],
+    level_for,
+    window: int,
+    overlap: int,
+    tissue: np.ndarray | None = None,
+    tissue_mpp: float | None = None,
+) -> GroupPlan:
+    """Plan ``group`` at ``mpp`` um/px on a slide of ``l0_size`` (w, h) at ``slide_mpp``.
+
+    ``level_for(mpp) -> level`` picks the pyramid level to read from; ``tissue`` (bool [h, w]
+    at ``tissue_mpp``) limits the plan to cells with tissue (None: every cell).
+    """
+    if overlap < 0 or overlap % 2 or overlap >= window:
+        raise InvalidInputError(f"overlap {overlap}: must be even, >= 0 and smaller than the window ({window})")
+    scale = mpp / slide_mpp
+    warnings = []
+    if scale < 1 / 1.0001:
+        warnings.append(f"{group.name}: the slide ({slide_mpp:.3g} um/px) is coarser than this group's "
+                        f"{mpp:.3g} um/px; windows are upsampled {1 / scale:.2g}x, expect less accurate masks")
+    width, height = (max(1, math.ceil(s / scale)) for s in l0_size)
+    stride, margin = window - overlap, overlap // 2
+    level = level_for(mpp)
+    down = level_downsamples[level]
+    read_side = max(1, math.ceil(window * scale / down - 1e-6))
+    bands = []
+    rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+    for r in range(rows):
+        band = []
+        for c in range(cols):
+            y0, x0 = r * stride, c * stride
+            cell = (y0, min(y0 + stride, height), x0, min(x0 + stride, width))
+            if tissue is not None and not _has_tissue(tissue, cell, mpp / tissue_mpp):
+                continue
+            l0_xy = (math.floor((x0 - margin) * scale), math.floor((y0 - margin) * scale))
+            band.append(WindowSpec(group.name, (r, c), l0_xy, level, (read_side, read_side), window, cell,
+                                   (margin, margin)))
+        bands.append(tuple(band))
+    return GroupPlan(group.name, group.task_ids, mpp, scale, (height, width), window, overlap, tuple(bands),
+                     rows * cols, tuple(warnings))
+
+
+def _has_tissue(tissue: np.ndarray, cell: tuple[int, int, int, int], factor: float) -> bool:
+    """Any tissue pixel under ``cell`` (canvas px; ``factor`` = tissue px per canvas px)."""
+    y0, y1, x0, x1 = cell
+    ty0, tx0 = math.floor(y0 * factor), math.floor(x0 * factor)
+    ty1, tx1 = max(ty0 + 1, math.ceil(y1 * factor)), max(tx0 + 1, math.ceil(x1 * factor))
+    return bool(tissue[ty0:ty1, tx0:tx1].any())
+
+
+def too_coarse(group_mpp: float, slide_mpp: float) -> bool:
+    """True when the slide would have to be upsampled more than :data:`MAX_UPSAMPLE` times."""
+    return slide_mpp / group_mpp > MAX_UPSAMPLE

@@ -1,0 +1,362 @@
+"""omniseg_rt.outputs: mask OME-TIFF, polygons, GeoJSON, statistics, overlay (synthetic masks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import shapely.geometry
+import tifffile
+from PIL import Image
+from scipy import ndimage
+from shapely.geometry import Point, Polygon
+from skimage.measure import label
+
+from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.outputs import (
+    downsample_mask,
+    mask_objects,
+    read_mask_tiff,
+    render_overlay,
+    tissue_stats,
+    to_level0,
+    update_summary_csv,
+    write_geojson,
+    write_mask_tiff,
+)
+from omniseg_rt.outputs.ome_tiff import pyramid_shapes
+from omniseg_rt.tissues import TISSUES
+
+
+class Spy:
+    """A slice-only array (no ``__array__``): records the largest piece read, so a function that
+    materialises the whole mask fails or shows up in ``largest``."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape, self.ndim, self.dtype = array, array.shape, array.ndim, array.dtype
+        self.largest = 0
+
+    def __getitem__(self, key):
+        out = np.asarray(self.array[key])
+        self.largest = max(self.largest, out.size)
+        return out
+
+
+def memmap_of(tmp_path, array: np.ndarray, name: str = "masks.u8") -> np.memmap:
+    mm = np.memmap(tmp_path / name, dtype=array.dtype, mode="w+", shape=array.shape)
+    mm[:] = array
+    mm.flush()
+    return np.memmap(tmp_path / name, dtype=array.dtype, mode="r", shape=array.shape)
+
+
+def blobs(shape, seed=0, sigma=5.0, threshold=0.53) -> np.ndarray:
+    """Realistic-looking 0/255 uint8 mask: thresholded smoothed noise (round blobs, some holes)."""
+    rng = np.random.default_rng(seed)
+    return (ndimage.gaussian_filter(rng.random(shape), sigma) > threshold).astype(np.uint8) * 255
+
+
+# ---------------------------------------------------------------- OME-TIFF
+
+
+def test_mask_tiff_round_trip_pyramid_tiled_compressed(tmp_path):
+    masks = memmap_of(tmp_path, np.stack([blobs((1100, 1300), s) for s in range(3)]))
+    path = tmp_path / "slide_10x.ome.tif"
+    write_mask_tiff(path, masks, ["DT", "PT", "VES"], 0.75, tile=256)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    expected = pyramid_shapes(1100, 1300, 256)
+    assert expected == [(1100, 1300), (550, 650), (275, 325), (138, 163)]
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        assert series.axes == "CYX"
+        assert [lv.shape for lv in series.levels] == [(3, h, w) for h, w in expected]
+        assert np.array_equal(series.levels[0].asarray(), masks)
+        for k, level in enumerate(series.levels):
+            assert np.array_equal(level.asarray(), masks[:, :: 2**k, :: 2**k])
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert len(page.subifds or ()) == len(expected) - 1
+        assert sum(p.databytecounts and sum(p.databytecounts) for p in tif.pages) < masks.size / 4
+    pixels, mpp, names = read_mask_tiff(path)
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels, masks)
+    assert mpp == pytest.approx(0.75) and names == ["DT", "PT", "VES"]
+    small, mpp2, _ = read_mask_tiff(path, level=2)
+    assert small.shape == (3, 275, 325) and mpp2 == pytest.approx(3.0)
+
+
+def test_mask_tiff_streams_tiles_and_handles_one_channel(tmp_path):
+    spy = Spy(blobs((700, 530), 4)[np.newaxis])
+    write_mask_tiff(tmp_path / "ptc.ome.tif", spy, ["PTC"], np.float32(0.25), tile=128)
+    assert 0 < spy.largest <= 128 * 128
+    pixels, mpp, names = read_mask_tiff(tmp_path / "ptc.ome.tif")
+    assert pixels.shape == (1, 700, 530) and np.array_equal(pixels[0], spy.array[0])
+    assert (mpp, names) == (0.25, ["PTC"])
+    with tifffile.TiffFile(tmp_path / "ptc.ome.tif") as tif:
+        assert len(tif.series[0].levels) == len(pyramid_shapes(700, 530, 128)) == 4
+
+
+def test_mask_tiff_rejects_bad_arguments(tmp_path):
+    good = np.zeros((2, 32, 32), np.uint8)
+    with pytest.raises(InvalidInputError, match="uint8"):
+        write_mask_tiff(tmp_path / "a.tif", good.astype(np.float32), ["CAP", "TUFT"], 2.0)
+    with pytest.raises(InvalidInputError, match="channel names"):
+        write_mask_tiff(tmp_path / "a.tif", good, ["CAP"], 2.0)
+    with pytest.raises(InvalidInputError, match="mpp"):
+        write_mask_tiff(tmp_path / "a.tif", good, ["CAP", "TUFT"], 0.0)
+    with pytest.raises(InvalidInputError, match="multiple of 16"):
+        write_mask_tiff(tmp_path / "a.tif", good, ["CAP", "TUFT"], 2.0, tile=100)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- polygons
+
+
+def reference_objects(mask: np.ndarray):
+    """(seed (row, col), pixel count) per 8-connected object, sorted by seed, via skimage."""
+    labels = label(mask != 0, connectivity=2)
+    flat = labels.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    counts = np.bincount(flat)
+    keep = ids > 0
+    order = np.argsort(first[keep])
+    return [(divmod(int(f), mask.shape[1]), int(counts[i])) for i, f in zip(ids[keep][order], first[keep][order])]
+
+
+def check_objects(mask, objects, tol_big=0.02):
+    ref = reference_objects(np.asarray(mask))
+    assert [n for _, n in objects] == [n for _, n in ref]
+    for (poly, count), ((r, c), _) in zip(objects, ref):
+        assert isinstance(poly, Polygon) and poly.is_valid and not poly.is_empty
+        assert poly.distance(Point(c + 0.5, r + 0.5)) < 1.0  # the seed pixel is on the polygon
+        if count >= 100:
+            assert abs(poly.area - count) <= tol_big * count
+    return ref
+
+
+def test_polygons_realistic_mask_areas_and_order(tmp_path):
+    mask = memmap_of(tmp_path, blobs((1500, 1400), 7), "mask.u8")
+    spy = Spy(mask)
+    objects = list(mask_objects(spy, band_rows=97))
+    assert len(objects) > 100
+    ref = check_objects(mask, objects)
+    assert sum(1 for _, n in ref if n >= 100) > 50
+    total_area = sum(p.area for p, _ in objects)
+    assert abs(total_area - np.count_nonzero(mask)) <= 0.01 * np.count_nonzero(mask)
+    assert spy.largest <= max(97 * 1400, max((p.bounds[3] - p.bounds[1] + 2) * (p.bounds[2] - p.bounds[0] + 2)
+                                             for p, _ in objects))
+    unbanded = list(mask_objects(mask, band_rows=5000))
+    assert [n for _, n in unbanded] == [n for _, n in objects]
+    assert all(a.equals_exact(b, 1e-9) for (a, _), (b, _) in zip(objects, unbanded))
+
+
+def test_polygons_unsimplified_follow_pixel_edges():
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:25, 10:40] = 255  # 20 x 30 rectangle
+    [(poly, count)] = mask_objects(mask, tolerance=0)
+    assert count == 600 and poly.area == pytest.approx(600, rel=1e-3)
+    x0, y0, x1, y1 = poly.bounds
+    assert (x0, y0, x1, y1) == pytest.approx((10, 5, 40, 25), abs=0.1)
+
+
+def test_polygons_holes_islands_and_band_spanning():
+    mask = np.zeros((300, 260), np.uint8)
+    mask[20:220, 20:220] = 255
+    mask[60:180, 60:180] = 0  # hole of 120 x 120
+    mask[100:140, 100:140] = 255  # island inside the hole: its own object
+    mask[230:290, 10:250] = 255  # an L below and right of the frame, not touching it
+    mask[200:290, 230:250] = 255
+    objects = list(mask_objects(mask, band_rows=7))
+    check_objects(mask, objects)
+    assert len(objects) == 3  # seeds: frame (20, 20), island (100, 100), L (200, 230)
+    (frame, n_frame), (island, n_island) = objects[0], objects[1]
+    assert n_frame == 200 * 200 - 120 * 120
+    assert len(frame.interiors) == 1
+    hole = Polygon(frame.interiors[0])
+    assert abs(hole.area - 120 * 120) <= 0.02 * 120 * 120
+    assert n_island == 1600 and not island.interiors and hole.contains(island)
+
+
+def test_polygons_u_shape_joined_only_at_the_bottom():
+    mask = np.zeros((400, 120), np.uint8)
+    mask[0:400, 0:20] = 255  # left arm, touching the top and left borders
+    mask[0:400, 100:120] = 255  # right arm, touching the right border
+    mask[380:400, 0:120] = 255  # the bottom bar joins them in the last band only
+    objects = list(mask_objects(mask, band_rows=16))
+    assert len(objects) == 1
+    poly, count = objects[0]
+    assert count == 2 * 400 * 20 + 80 * 20
+    assert abs(poly.area - count) <= 0.01 * count
+    x0, y0, x1, y1 = poly.bounds
+    assert -0.5 <= x0 < 0.5 and -0.5 <= y0 < 0.5 and 119.5 < x1 <= 120.5 and 399.5 < y1 <= 400.5
+
+
+def test_polygons_diagonal_contacts_are_one_object():
+    mask = np.zeros((60, 60), np.uint8)
+    mask[10:20, 10:20] = 255
+    mask[20:30, 20:30] = 255  # touches the first square at one corner only, across a band border
+    for r in range(40, 50):
+        mask[r, r - 30] = 255  # a one-pixel diagonal line
+    objects = list(mask_objects(mask, band_rows=20))
+    assert [n for _, n in objects] == [200, 10]
+    squares, line = objects[0][0], objects[1][0]
+    assert squares.is_valid and isinstance(squares, Polygon)
+    assert squares.area == pytest.approx(200, rel=0.02) and line.area == pytest.approx(10, rel=0.02)
+    isolated = np.zeros((5, 5), np.uint8)
+    isolated[2, 3] = 255
+    [(dot, one)] = mask_objects(isolated)
+    assert one == 1 and dot.area == pytest.approx(1, rel=0.01) and dot.centroid.equals_exact(Point(3.5, 2.5), 1e-6)
+
+
+def test_polygons_empty_and_bad_masks(tmp_path):
+    assert list(mask_objects(np.zeros((100, 80), np.uint8), band_rows=9)) == []
+    assert list(mask_objects(memmap_of(tmp_path, np.zeros((64, 64), np.uint8)))) == []
+    assert list(mask_objects(np.zeros((0, 10), np.uint8))) == []
+    with pytest.raises(InvalidInputError, match="2-D"):
+        list(mask_objects(np.zeros((2, 10, 10), np.uint8)))
+    with pytest.raises(InvalidInputError, match="band_rows"):
+        list(mask_objects(np.zeros((10, 10), np.uint8), band_rows=0))
+
+
+# ---------------------------------------------------------------- GeoJSON
+
+
+def test_geojson_features_classes_counts_and_determinism(tmp_path):
+    tuft = blobs((300, 320), 1)
+    cap = blobs((300, 320), 2, threshold=0.52)
+    scale = 2.0 / 0.5  # 5x group at 2 um/px on a 0.5 um/px slide
+    def objects():
+        for task_id, mask in ((2, cap), (3, tuft)):
+            for poly, _ in mask_objects(mask, band_rows=50):
+                yield task_id, to_level0(poly, scale, scale)
+    path = tmp_path / "slide.geojson"
+    counts = write_geojson(path, objects())
+    expected = {2: len(reference_objects(cap)), 3: len(reference_objects(tuft))}
+    assert counts == expected and min(expected.values()) > 5
+    data = json.loads(path.read_text())
+    assert data["type"] == "FeatureCollection" and len(data["features"]) == sum(expected.values())
+    by_abbrev = {t.abbrev: t for t in TISSUES}
+    seen = {2: 0, 3: 0}
+    area = 0.0
+    for feature in data["features"]:
+        geom = shapely.geometry.shape(feature["geometry"])
+        assert feature["geometry"]["type"] == "Polygon" and geom.is_valid
+        props = feature["properties"]
+        t = by_abbrev[props["tissue"]]
+        assert props["objectType"] == "detection"
+        assert props["classification"] == {"name": t.name, "color": list(t.colour)}
+        seen[t.task_id] += 1
+        area += geom.area if t.task_id == 3 else 0.0
+        coords = np.asarray(feature["geometry"]["coordinates"][0])
+        assert np.allclose(coords * 100, np.round(coords * 100), atol=1e-6)
+    assert seen == expected
+    assert area == pytest.approx(np.count_nonzero(tuft) * scale * scale, rel=0.01)
+    ids = [f["id"] for f in data["features"]]
+    assert len(set(ids)) == len(ids)
+    first = path.read_bytes()
+    assert write_geojson(path, objects()) == expected and path.read_bytes() == first
+    write_geojson(tmp_path / "other.geojson", objects())
+    other = json.loads((tmp_path / "other.geojson").read_text())
+    assert {f["id"] for f in other["features"]}.isdisjoint(ids)
+
+
+def test_geojson_to_level0_and_bad_objects(tmp_path):
+    square = Polygon([(1, 1), (3, 1), (3, 2), (1, 2)])
+    assert to_level0(square, 4.0, 0.5).bounds == (4.0, 0.5, 12.0, 1.0)
+    with pytest.raises(InvalidInputError):
+        to_level0(square, 0, 1)
+    with pytest.raises(InvalidInputError, match="unknown tissue"):
+        write_geojson(tmp_path / "x.geojson", [(9, square)])
+    with pytest.raises(InvalidInputError, match="Polygon"):
+        write_geojson(tmp_path / "x.geojson", [(1, square.exterior)])
+    assert list(tmp_path.iterdir()) == []
+    assert write_geojson(tmp_path / "empty.geojson", []) == {}
+    assert json.loads((tmp_path / "empty.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_tissue_stats_counts_band_by_band(tmp_path):
+    masks = np.zeros((3, 500, 400), np.uint8)
+    masks[0, :100, :100] = 255  # 10 000 px
+    masks[1, 450:, :] = 255  # 20 000 px, in the last band
+    masks = memmap_of(tmp_path, masks)
+    rows = tissue_stats([0, 1, 4], masks, np.float32(0.5), 0.01, {0: 4, 1: 2})
+    assert [r["abbrev"] for r in rows] == ["DT", "PT", "VES"]
+    dt, pt, ves = rows
+    assert dt["area_mm2"] == pytest.approx(10_000 * 0.25 / 1e6)
+    assert pt["area_mm2"] == pytest.approx(20_000 * 0.25 / 1e6)
+    assert dt["objects"] == 4 and dt["mean_object_area_um2"] == pytest.approx(2500 / 4)
+    assert pt["fraction_of_tissue"] == pytest.approx(0.005 / 0.01)
+    assert ves["objects"] == 0 and ves["area_mm2"] == 0 and ves["mean_object_area_um2"] == 0
+    assert ves["name"] == "artery" and ves["task_id"] == 4
+    assert all(r["fraction_of_tissue"] == 0 for r in tissue_stats([0, 1, 4], masks, 0.5, 0.0, {}))
+    with pytest.raises(InvalidInputError):
+        tissue_stats([0, 1], masks, 0.5, 1.0, {})
+
+
+def test_summary_csv_add_replace_and_failures(tmp_path):
+    path = tmp_path / "summary.csv"
+    update_summary_csv(path, {"slide": "b", "status": "ok", "reason": "", "PT_objects": 5})
+    update_summary_csv(path, {"slide": "a", "status": "failed", "reason": "unreadable file, see log"})
+    update_summary_csv(path, {"slide": "b", "status": "ok", "reason": "", "PT_objects": 7, "seconds": 1.5})
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        assert reader.fieldnames == ["slide", "status", "reason", "PT_objects", "seconds"]
+    assert [r["slide"] for r in rows] == ["a", "b"]
+    assert rows[0] == {"slide": "a", "status": "failed", "reason": "unreadable file, see log",
+                       "PT_objects": "", "seconds": ""}
+    assert rows[1]["PT_objects"] == "7" and rows[1]["seconds"] == "1.5"
+    assert not (tmp_path / ".summary.csv.tmp").exists()
+    with pytest.raises(InvalidInputError, match="slide"):
+        update_summary_csv(path, {"status": "ok"})
+
+
+# ---------------------------------------------------------------- overlay
+
+
+def test_downsample_mask_keeps_small_objects(tmp_path):
+    full = np.zeros((1000, 1300), np.uint8)
+    spots = [(0, 0), (999, 1299), (505, 17), (123, 777)]
+    for r, c in spots:
+        full[r, c] = 255
+    mm = memmap_of(tmp_path, full)
+    low = downsample_mask(mm, (100, 130))
+    assert low.dtype == bool and low.shape == (100, 130)
+    assert {tuple(p) for p in np.argwhere(low)} == {(r // 10, c // 10) for r, c in spots}
+    blobby = blobs((1000, 1300), 3)
+    assert np.array_equal(downsample_mask(blobby, (100, 130)), blobby.reshape(100, 10, 130, 10).max(axis=(1, 3)) > 0)
+    odd = downsample_mask(Spy(full), (77, 91))  # uneven ratios: every spot still lands somewhere
+    assert {tuple(p) for p in np.argwhere(odd)} == {(r * 77 // 1000, c * 91 // 1300) for r, c in spots}
+    up = downsample_mask(np.eye(3, dtype=np.uint8), (6, 6))
+    assert np.array_equal(up, np.kron(np.eye(3), np.ones((2, 2))) > 0)
+    with pytest.raises(InvalidInputError):
+        downsample_mask(full, (0, 10))
+
+
+def test_render_overlay_paints_colours_and_legend(tmp_path):
+    thumb = np.full((80, 120, 3), 200, np.uint8)
+    pt = np.zeros((80, 120), bool)
+    pt[10:40, 10:50] = True
+    tuft = np.zeros((80, 120), np.uint8)
+    tuft[50:70, 70:110] = 255
+    path = tmp_path / "overlay.png"
+    render_overlay(path, thumb, [(1, pt), (3, tuft)], alpha=0.5)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[0] > 80 and image.shape[1] >= 120  # legend strip below
+    pt_colour, tuft_colour = np.array(TISSUES[1].colour), np.array(TISSUES[3].colour)
+    assert np.abs(image[25, 30].astype(int) - (200 + pt_colour) / 2).max() <= 1
+    assert np.array_equal(image[10, 30], pt_colour)  # outline, opaque
+    assert np.array_equal(image[60, 90], np.rint((200 + tuft_colour) / 2).astype(np.uint8))
+    assert np.array_equal(image[5, 5], [200, 200, 200])
+    legend = image[80:].reshape(-1, 3)
+    for colour in (pt_colour, tuft_colour):
+        assert (legend == colour).all(axis=1).sum() >= 50
+    assert not (tmp_path / ".overlay.png.tmp").exists()
+    with pytest.raises(InvalidInputError, match="shape"):
+        render_overlay(path, thumb, [(1, pt[:10])])

@@ -1,0 +1,164 @@
+"""``segment`` with the real engine of the bundled model on the real slides in ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import shapely
+import tifffile
+
+from conftest import REPO, SLIDES, run_cli
+from omniseg_rt.runtime import segment
+
+CMU = SLIDES / "CMU-1-Small-Region.svs"
+TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
+DICOM = SLIDES / "dicom-camelyon"
+
+
+@pytest.fixture(scope="session")
+def demo_engine(tmp_path_factory):
+    from omniseg_rt.engines import build_engine
+
+    path, _ = build_engine(None, out=tmp_path_factory.mktemp("engine") / "demo", device="cpu")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_10x(demo_engine, tmp_path_factory):
+    """An uninterrupted run: CMU slide, 10x group (12 windows of 512)."""
+    out = tmp_path_factory.mktemp("reference")
+    [result] = segment(CMU, engine=demo_engine, out=out, tissues="10x")
+    assert result.status == "done", result.reason
+    return out / "CMU-1-Small-Region"
+
+
+def test_real_slides_outputs_and_per_slide_failures_without_torch(demo_engine, tmp_path):
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(CMU.read_bytes()[: CMU.stat().st_size // 3])
+    not_a_slide = tmp_path / "notes.tif"
+    not_a_slide.write_text("not an image")
+    out = tmp_path / "out"
+    result = run_cli("segment", str(CMU), str(TCGA), str(DICOM), str(truncated), str(not_a_slide),
+                     "--engine", str(demo_engine), "--out", str(out), "--tissues", "5x", block_torch=True)
+    assert result.returncode == 3, result.stderr + result.stdout
+    rows = {r["slide"]: r for r in _csv(out / "summary.csv")}
+    assert rows["CMU-1-Small-Region"]["status"] == "done"
+    assert rows["tcga-cr-7395-01a-01-ts1"]["status"] == "failed"
+    assert "--mpp" in rows["tcga-cr-7395-01a-01-ts1"]["reason"]
+    assert "dicom-camelyon" in rows["dicom-camelyon"]["reason"] and "29 um/px" in rows["dicom-camelyon"]["reason"]
+    for name in ("truncated", "notes"):
+        assert rows[name]["status"] == "failed" and name in rows[name]["reason"]
+
+    slide_dir = out / "CMU-1-Small-Region"
+    assert not (slide_dir / ".work").exists()
+    with tifffile.TiffFile(slide_dir / "mask_5x.ome.tif") as tif:
+        series = tif.series[0]
+        masks = series.asarray()
+        assert series.axes == "CYX" and len(series.levels) >= 2 and tif.pages[0].is_tiled
+        assert "PhysicalSizeX=\"2.0\"" in tif.ome_metadata
+    assert masks.shape[0] == 2 and set(np.unique(masks)) <= {0, 255}
+    summary = json.loads((slide_dir / "summary.json").read_text())
+    features = json.loads((slide_dir / "objects.geojson").read_text())["features"]
+    scale = 2.0 / 0.499  # level-0 pixels per 5x pixel
+    for channel, row in zip(masks, summary["tissues"]):
+        mine = [f for f in features if f["properties"]["tissue"] == row["abbrev"]]
+        assert len(mine) == row["objects"]
+        polygons = [shapely.geometry.shape(f["geometry"]) for f in mine]
+        assert all(p.is_valid for p in polygons)
+        pixels = int((channel > 0).sum())
+        if pixels:
+            area = sum(p.area for p in polygons) / scale**2
+            assert abs(area - pixels) / pixels < 0.01
+        assert all(f["properties"]["classification"]["name"] == row["name"] for f in mine)
+    manifest = json.loads((slide_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["windows"]["5x"] > 0
+    assert set(manifest["seconds"]) >= {"read", "infer", "stitch", "write", "total"}
+
+
+def test_slides_without_or_with_odd_pixel_size_work_with_mpp(demo_engine, tmp_path):
+    [tcga] = segment(TCGA, engine=demo_engine, out=tmp_path, tissues="CAP", mpp=0.5)
+    assert tcga.status == "done", tcga.reason
+    assert tcga.windows["5x"] <= 9  # 4443 x 3567 px at 0.5 -> 1111 x 892 at 2 um/px: 3 x 3 cells of 384 px
+    [dicom] = segment(DICOM, engine=demo_engine, out=tmp_path, tissues="CAP", mpp=2.0)
+    assert dicom.status == "done", dicom.reason
+    assert (tmp_path / "dicom-camelyon" / "mask_5x.ome.tif").is_file()
+
+
+def test_kill_minus_9_then_resume_gives_identical_outputs(demo_engine, cmu_10x, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", str(CMU), "--engine", str(demo_engine), "--out", str(out), "--tissues", "10x"]
+    code = "import sys; from omniseg_rt.cli import main; sys.argv = ['omniseg-rt', *sys.argv[1:]]; main()"
+    process = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = out / "CMU-1-Small-Region" / ".work" / "journal.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "CMU-1-Small-Region" / "manifest.json").exists()
+    done_before = journal.read_text().count("\n")
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    resumed = out / "CMU-1-Small-Region"
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert manifest["resumed"] is True and done_before >= 1
+    a, _, _ = _mask(cmu_10x / "mask_10x.ome.tif")
+    b, _, _ = _mask(resumed / "mask_10x.ome.tif")
+    assert np.array_equal(a, b)
+    for name in ("objects.geojson", "summary.json"):
+        assert (cmu_10x / name).read_bytes() == (resumed / name).read_bytes(), name
+
+
+def test_complete_slides_are_skipped_unless_forced(demo_engine, cmu_10x, tmp_path):
+    shutil.copytree(cmu_10x, tmp_path / "CMU-1-Small-Region")
+    [skipped] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="10x")
+    assert skipped.status == "skipped"
+
+
+def test_default_engine_is_built_once_and_reused(demo_engine, tmp_path, monkeypatch):
+    from omniseg_rt.data import demo_model
+    from omniseg_rt.fileutil import sha256_file
+    from omniseg_rt.runtime.default_engine import default_engine
+
+    monkeypatch.setenv("OMNISEG_RT_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "engines" / f"demo-{sha256_file(demo_model())[:12]}-cpu"
+    shutil.copytree(demo_engine, cached)  # as if built by an earlier run
+    start = time.perf_counter()
+    assert default_engine() == cached
+    assert time.perf_counter() - start < 30  # opened, not rebuilt
+
+
+def test_bad_arguments_fail_before_any_work(demo_engine, tmp_path):
+    from omniseg_rt.errors import InvalidInputError, MissingFileError
+
+    with pytest.raises(MissingFileError, match="no-such.svs"):
+        segment(tmp_path / "no-such.svs", engine=demo_engine, out=tmp_path)
+    with pytest.raises(InvalidInputError, match="overlap"):
+        segment(CMU, engine=demo_engine, out=tmp_path, overlap=7)
+    assert not (tmp_path / "CMU-1-Small-Region").exists()
+
+
+def _mask(path):
+    from omniseg_rt.outputs import read_mask_tiff
+
+    return read_mask_tiff(path)
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,92 @@
+"""Window plan and stitching, exact, on synthetic slides with an engine whose output is a known
+function of the pixels (red channel above 127 -> foreground), so every canvas pixel is checkable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from omniseg_rt.engines.base import Engine, GraphRunner, GraphSpec
+from omniseg_rt.runtime import segment
+from omniseg_rt.runtime.plan import plan_group
+from omniseg_rt.tissues import SCALE_GROUPS
+from synthetic import tissue_pattern, write_aperio
+
+
+class RedRunner(GraphRunner):
+    """margin = red - 127.5 for every tissue of the graph: uint8 [B,3,H,W] -> float32 [B,T,H,W]."""
+
+    def __init__(self, spec: GraphSpec) -> None:
+        self.spec = spec
+        self.calls: list[int] = []
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        margin = images[:, :1].astype(np.float32) - 127.5
+        return np.repeat(margin, len(self.spec.tissues), axis=1)
+
+
+def red_engine(path) -> Engine:
+    runners = [RedRunner(GraphSpec(g.name, g.task_ids, g.name, g.nominal_mpp, "-")) for g in SCALE_GROUPS]
+    return Engine(path, {"backend": "test", "precision": "fp32", "window": 64, "profile": {}}, runners)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("slides") / "synthetic.svs"
+    return write_aperio(path, tissue_pattern(600, 800, glass_from=0.6))
+
+
+def _level(slide_path, level):
+    with openslide.OpenSlide(str(slide_path)) as s:
+        return np.asarray(s.read_region((0, 0), level, s.level_dimensions[level]).convert("RGB"))
+
+
+@pytest.mark.parametrize("group_mpp, level", [(0.5, 0), (1.0, 1)])
+def test_stitched_masks_equal_the_known_function_of_the_pixels(slide, tmp_path, group_mpp, level):
+    engine = red_engine(tmp_path / "engine")
+    [result] = segment(slide, engine=engine, out=tmp_path / "out", window=64, overlap=16,
+                       group_mpp={g.name: group_mpp for g in SCALE_GROUPS})
+    assert result.status == "done", result.reason
+    expected = _level(slide, level)[..., 0] > 127
+    with tifffile.TiffFile(tmp_path / "out" / "synthetic" / "mask_10x.ome.tif") as tif:
+        masks = tif.series[0].asarray()
+    assert masks.shape[0] == 3 and masks.shape[1:] == expected.shape
+    left = int(expected.shape[1] * 0.55)  # all tissue left of the glass strip: every cell inferred
+    for channel in masks:
+        assert np.array_equal(channel[:, :left] == 255, expected[:, :left])
+    manifest = json.loads((tmp_path / "out" / "synthetic" / "manifest.json").read_text())
+    group = next(g for g in manifest["groups"] if g["group"] == "10x")
+    assert group["windows"] < group["cells"], "cells on glass only must not be inferred"
+    # batches never straddle bands and hold at most --batch windows
+    assert all(n <= 4 for r in engine.runners for n in r.calls)
+
+
+def test_plan_cells_partition_the_canvas():
+    group = SCALE_GROUPS[1]
+    plan = plan_group(group, 1.0, 0.25, (1000, 700), (1.0, 4.0), lambda mpp: 1, window=64, overlap=16)
+    cover = np.zeros(plan.canvas, np.int32)
+    for band in plan.bands:
+        for spec in band:
+            y0, y1, x0, x1 = spec.cell
+            cover[y0:y1, x0:x1] += 1
+            assert spec.read_size == (64, 64)  # level 1 is exactly the group's pixel size
+            assert spec.l0_xy == ((x0 - 8) * 4, (y0 - 8) * 4)
+    assert plan.canvas == (175, 250)
+    assert (cover == 1).all()
+    assert plan.windows == plan.cells_total
+
+
+def test_plan_skips_cells_without_tissue():
+    group = SCALE_GROUPS[0]
+    tissue = np.zeros((10, 10), bool)
+    tissue[0:2, 0:2] = True  # top-left corner only (tissue mask at 8 um/px)
+    plan = plan_group(group, 2.0, 0.5, (320, 320), (1.0,), lambda mpp: 0, window=32, overlap=0,
+                      tissue=tissue, tissue_mpp=8.0)
+    # canvas 80x80 at 2 um/px; tissue covers canvas 0..8 -> only cell (0, 0)
+    assert [s.t_rc for b in plan.bands for s in b] == [(0, 0)]
+    assert plan.cells_total == 9
