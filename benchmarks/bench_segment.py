@@ -133,8 +133,9 @@ def main() -> None:
     for r in rss:
         table.add_row(f"peak RSS, synthetic {r['side_px']}^2 px slide (10x: {sum(r['windows'].values())} windows)",
                       f"{r['peak_rss_mb']:.0f} MB")
-    table.add_row("passes per 4096^2 40x region", f"{ours} ({', '.join(f'{p['group']} {p['windows']}' for p in passes)})"
-                  f" vs original {ORIGINAL_PASSES_PER_REGION} ({ORIGINAL_PASSES_PER_REGION / ours:.1f}x fewer)")
+    per_group = ", ".join(f"{p['group']} {p['windows']}" for p in passes)
+    table.add_row("passes per 4096^2 40x region", f"{ours} ({per_group}) vs original {ORIGINAL_PASSES_PER_REGION} "
+                  f"({ORIGINAL_PASSES_PER_REGION / ours:.1f}x fewer)")
     console.print(table)
     payload = {"environment": environment(), "end_to_end": e2e, "rss": rss,
                "passes_per_region": {"ours": ours, "groups": passes, "original": ORIGINAL_PASSES_PER_REGION}}

@@ -39,12 +39,16 @@ def real_patches(count: int) -> np.ndarray:
     return np.stack([read_patch(p) for p in picks])
 
 
-def run_cli(*args: str, block_torch: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``omniseg-rt`` in a fresh interpreter; optionally with ``import torch`` made to fail."""
-    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
+def run_cli(*args: str, block_torch: bool = False, cwd: Path | None = None, env: dict[str, str] | None = None,
+            block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``omniseg-rt`` in a fresh interpreter; optionally with ``import torch`` (and the
+    packages in ``block``) made to fail, and extra environment variables."""
+    blocked = (("torch",) if block_torch else ()) + tuple(block)
+    prelude = "".join(f"import sys; sys.modules[{name!r}] = None; " for name in blocked)
     code = prelude + "import sys; from omniseg_rt.cli import main; sys.argv = ['omniseg-rt', *sys.argv[1:]]; main()"
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=300
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -53,3 +57,12 @@ def upstream_models():
     from omniseg_rt.model import load_checkpoint
 
     return {family: load_checkpoint(path) for family, path in UPSTREAM.items()}
+
+
+@pytest.fixture(scope="session")
+def demo_engine(tmp_path_factory):
+    """The bundled model's CPU engine (one graph per scale group), built once per test session."""
+    from omniseg_rt.engines import build_engine
+
+    path, _ = build_engine(None, out=tmp_path_factory.mktemp("engine") / "demo", device="cpu")
+    return path

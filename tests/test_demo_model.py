@@ -37,3 +37,14 @@ def test_evaluate_reproduces_the_model_card():
         # a few boundary pixels may flip between CPUs (oneDNN rounding); the figures must hold
         assert got[abbrev]["dice"] == pytest.approx(row["dice"], abs=2e-3), abbrev
         assert got[abbrev]["iou"] == pytest.approx(row["iou"], abs=2e-3), abbrev
+
+
+def test_bundled_graph_is_the_bundled_model():
+    from omniseg_rt.data import DEMO_GRAPH, DEMO_MODEL
+    from omniseg_rt.fileutil import sha256_file
+    from omniseg_rt.graph_manifest import read_manifest
+
+    manifest = read_manifest(DEMO_GRAPH)  # checks the graph's sha256 against its sidecar
+    assert manifest["source"]["sha256"] == sha256_file(DEMO_MODEL)
+    assert [t["task_id"] for t in manifest["tissues"]] == list(range(6))
+    assert manifest["weights_stored_as_fp16"] > 0 and manifest["parity"]["ok"]

@@ -24,14 +24,6 @@ DICOM = SLIDES / "dicom-camelyon"
 
 
 @pytest.fixture(scope="session")
-def demo_engine(tmp_path_factory):
-    from omniseg_rt.engines import build_engine
-
-    path, _ = build_engine(None, out=tmp_path_factory.mktemp("engine") / "demo", device="cpu")
-    return path
-
-
-@pytest.fixture(scope="session")
 def cmu_10x(demo_engine, tmp_path_factory):
     """An uninterrupted run: CMU slide, 10x group (12 windows of 512)."""
     out = tmp_path_factory.mktemp("reference")
@@ -128,17 +120,18 @@ def test_complete_slides_are_skipped_unless_forced(demo_engine, cmu_10x, tmp_pat
     assert skipped.status == "skipped"
 
 
-def test_default_engine_is_built_once_and_reused(demo_engine, tmp_path, monkeypatch):
-    from omniseg_rt.data import demo_model
-    from omniseg_rt.fileutil import sha256_file
-    from omniseg_rt.runtime.default_engine import default_engine
-
-    monkeypatch.setenv("OMNISEG_RT_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / "engines" / f"demo-{sha256_file(demo_model())[:12]}-cpu"
-    shutil.copytree(demo_engine, cached)  # as if built by an earlier run
-    start = time.perf_counter()
-    assert default_engine() == cached
-    assert time.perf_counter() - start < 30  # opened, not rebuilt
+def test_without_engine_or_torch_the_bundled_graph_is_built_once_and_reused(tmp_path):
+    env_cache = tmp_path / "cache"
+    args = ["segment", str(DICOM), "--mpp", "2.0", "--tissues", "CAP", "--out", str(tmp_path / "out")]
+    first = run_cli(*args, block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})
+    assert first.returncode == 0, first.stderr
+    [engine_dir] = (env_cache / "engines").iterdir()
+    built = (engine_dir / "manifest.json").stat().st_mtime_ns
+    second = run_cli(*args, "--force", block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})
+    assert second.returncode == 0, second.stderr
+    assert (engine_dir / "manifest.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    manifest = json.loads((tmp_path / "out" / "dicom-camelyon" / "manifest.json").read_text())
+    assert manifest["windows"] == {"5x": 6}
 
 
 def test_bad_arguments_fail_before_any_work(demo_engine, tmp_path):

@@ -6,6 +6,7 @@ RUN_DIR holds ``best.pth`` and ``last.pth`` (or, for a run trained on another ma
 ``history.json`` that ``tools/gpu_session.sh`` brings back with a release ``best.pth``).
 
 Writes ``omniseg_rt/data/demo_model.pth`` (float16 weights, original layout + metadata),
+``demo_model_all.onnx`` + ``.json`` (the all-tissue graph segment's default engine is built from),
 ``demo_model.json`` (training summary, validation Dice per tissue, evaluation on the data) and
 ``MODEL_CARD.md``. The evaluation figures are what ``omniseg-rt evaluate DATA`` prints for the
 bundled model; a test checks that they are reproduced.
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from omniseg_rt.data import DEMO_CARD, DEMO_MODEL
+from omniseg_rt.data import DEMO_CARD, DEMO_GRAPH, DEMO_MODEL
+from omniseg_rt.export import export_graphs
 from omniseg_rt.evaluate import evaluate, predictor
 from omniseg_rt.fileutil import sha256_file
 from omniseg_rt.train.checkpoints import save_for_release
@@ -35,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     meta = save_for_release(args.run / "best.pth", DEMO_MODEL)
+    export_graphs(DEMO_MODEL, tissues="all", out=DEMO_GRAPH)  # the torch-free default engine's source
     if (args.run / "last.pth").is_file():
         last = torch.load(args.run / "last.pth", weights_only=True)
     else:  # a run trained elsewhere (e.g. a GPU machine) comes back as best.pth + history.json

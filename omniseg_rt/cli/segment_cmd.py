@@ -28,11 +28,20 @@ def segment(
     readers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
     force: Annotated[bool, typer.Option(help="Redo slides that are already complete.")] = False,
+    ray: Annotated[Optional[str], typer.Option(
+        help="Spread slides over Ray: 'local' (a cluster on this machine) or a cluster address.")] = None,
+    worker_cpus: Annotated[Optional[int], typer.Option(
+        help="With --ray on CPUs: cores per worker (default 4). GPU clusters: one worker per GPU.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the per-slide results as JSON.")] = False,
 ) -> None:
     """Segment whole slides for every tissue type at its own magnification."""
-    results = _run(slides, engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
-                   readers=readers, resume=resume, force=force, quiet=json_out)
+    options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers,
+                   resume=resume, force=force)
+    if ray is not None:
+        options.update(address=ray, worker_cpus=worker_cpus)
+    elif worker_cpus is not None:
+        raise typer.BadParameter("--worker-cpus goes with --ray")
+    results = _run(slides, quiet=json_out, **options)
     if json_out:
         from dataclasses import asdict
 
@@ -60,7 +69,10 @@ def demo(
 def _run(slides, quiet: bool = False, **options):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from omniseg_rt.runtime import segment as run
+    if "address" in options:
+        from omniseg_rt.distributed import segment_on_ray as run
+    else:
+        from omniseg_rt.runtime import segment as run
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
@@ -91,6 +103,8 @@ def _run(slides, quiet: bool = False, **options):
                     current["task"] = None
                 reason = f": {event['reason']}" if event.get("reason") else ""
                 progress.console.print(f"{event['slide']}: {event['status']}{reason}")
+                if "cluster_windows_per_s" in event:
+                    progress.update(overall, info=f"{event['cluster_windows_per_s']:.2f} windows/s across the cluster")
 
         results = domain_errors(run)(slides, on_progress=show, **options)
     if not quiet:

@@ -2,7 +2,10 @@
 
 ``demo_model.pth``: the demo Omni-Seg model (scale-aware family, weights stored as float16)
 trained on 72 public kidney patches; ``MODEL_CARD.md`` and ``demo_model.json`` beside it say how
-it was made and how well it does. A demonstration, not a clinical model.
+it was made and how well it does. A demonstration, not a clinical model. ``demo_model_all.onnx``
+(+ ``demo_model_all.json``): the same model exported for all six tissues (float16-stored weights,
+float32 compute, identical numbers), so ``segment`` and ``demo`` build their default engine from
+it without PyTorch.
 
 ``CMU-1-Small-Region.svs``: a small Aperio slide (2220 x 2967 px, 0.499 um/px, JPEG) from the
 OpenSlide test data, CC0 1.0, Carnegie Mellon University. It shows H&E-stained human SKIN, not
@@ -18,6 +21,7 @@ import numpy as np
 SAMPLE_SLIDE = Path(__file__).with_name("CMU-1-Small-Region.svs")
 DEMO_MODEL = Path(__file__).with_name("demo_model.pth")
 DEMO_CARD = Path(__file__).with_name("demo_model.json")
+DEMO_GRAPH = Path(__file__).with_name("demo_model_all.onnx")
 
 
 def demo_model() -> Path:
@@ -28,6 +32,16 @@ def demo_model() -> Path:
         raise MissingFileError(f"{DEMO_MODEL}: the bundled demo model is missing from this install; "
                                "pass a checkpoint explicitly or reinstall omniseg-rt")
     return DEMO_MODEL
+
+
+def demo_graph() -> Path:
+    """The bundled demo model's all-tissue ONNX graph (its sidecar manifest beside it)."""
+    if not DEMO_GRAPH.is_file():
+        from omniseg_rt.errors import MissingFileError
+
+        raise MissingFileError(f"{DEMO_GRAPH}: the bundled demo graph is missing from this install; "
+                               "pass --engine or reinstall omniseg-rt")
+    return DEMO_GRAPH
 
 
 def sample_windows(count: int, size: int) -> np.ndarray:

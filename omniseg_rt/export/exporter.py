@@ -131,6 +131,7 @@ def export_graphs(
         task_ids = [t.task_id for t in chosen]
         module = FusedGraph(model, task_ids, [t.scale_id for t in chosen])
         proto, simplified = onnx_graph.simplify(onnx_graph.to_onnx(module, window, opset))
+        half_stored = onnx_graph.store_exact_fp16(proto)
         try:
             onnx_graph.check_graph(proto)
         except AssertionError as exc:
@@ -172,6 +173,7 @@ def export_graphs(
             "ops": onnx_graph.op_types(proto),
             "gflop_per_window": round(flops_per_window(module, window) / 1e9, 3),
             "simplified": simplified,
+            "weights_stored_as_fp16": half_stored,
             "parity": {**check, "windows": len(images), "runtime": "onnxruntime CPU",
                        "reference": "PyTorch forward_tasks"},
             "versions": versions,

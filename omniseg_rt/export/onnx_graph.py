@@ -22,6 +22,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -83,6 +84,8 @@ def check_graph(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
     initializers = {init.name for init in model.graph.initializer}
     constants = {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    constants |= {node.output[0] for node in model.graph.node  # float16-stored weights (store_exact_fp16)
+                  if node.op_type == "Cast" and node.input[0] in initializers}
     for node in model.graph.node:
         if node.op_type not in ALLOWED_OPS:
             raise AssertionError(f"exported graph contains the unexpected op {node.op_type} ({node.name})")
@@ -92,6 +95,31 @@ def check_graph(model: onnx.ModelProto) -> None:
                 raise AssertionError(f"exported graph contains a grouped Conv ({node.name}, group {group})")
             if node.input[1] not in initializers | constants:
                 raise AssertionError(f"exported graph contains a Conv with non-constant weights ({node.name})")
+
+
+def store_exact_fp16(model: onnx.ModelProto, min_size: int = 1024) -> int:
+    """Store float32 weights that float16 holds exactly (e.g. from a float16 checkpoint, like the
+    bundled demo model) as float16 + a Cast back to float32: half the file, the same numbers.
+
+    Weights with any value float16 cannot represent exactly stay float32, so this never changes
+    a result. Returns the number of weights converted (``model`` is changed in place).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph, casts, converted = model.graph, [], 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size < min_size or not np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(values.astype(np.float16), f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+        converted += 1
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    return converted
 
 
 def save(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> None:

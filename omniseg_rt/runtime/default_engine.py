@@ -1,5 +1,5 @@
-"""The engine ``segment`` uses when given none: the CPU engine of the bundled demo model, built
-once and cached (``$OMNISEG_RT_CACHE``, else ``$XDG_CACHE_HOME/omniseg-rt``, else
+"""The engine ``segment`` uses when given none: the CPU engine of the bundled demo model's
+all-tissue graph (no PyTorch needed), built once and cached (``$OMNISEG_RT_CACHE``, else ``$XDG_CACHE_HOME/omniseg-rt``, else
 ``~/.cache/omniseg-rt``), keyed by the model's hash and the machine's backend and precision."""
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ def cache_dir() -> Path:
 
 
 def default_engine(on_progress: Callable[[str], None] | None = None) -> Path:
-    """Path of the cached demo-model CPU engine, building it the first time (minutes)."""
-    from omniseg_rt.data import demo_model
+    """Path of the cached demo-model CPU engine, building it the first time (a minute)."""
+    from omniseg_rt.data import demo_graph
     from omniseg_rt.engines import build_engine, open_engine
     from omniseg_rt.fileutil import sha256_file
 
-    model = demo_model()
+    model = demo_graph()
     folder = cache_dir() / "engines" / f"demo-{sha256_file(model)[:12]}-cpu"
     if (folder / "manifest.json").is_file():
         try:

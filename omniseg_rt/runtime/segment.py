@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from omniseg_rt.engines import Engine, open_engine
 from omniseg_rt.errors import InvalidInputError, OmnisegError
@@ -40,36 +41,22 @@ def segment(
     model's CPU engine, built once and cached); ``tissues``: "all", abbreviations ("CAP,TUFT"),
     groups ("5x") or task ids; ``mpp``: the slides' level-0 pixel size when they lack one or state
     it wrongly; ``group_mpp``: target um/px per scale group (default: the tissues table's nominal
-    5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``batch``: windows per engine call (default:
-    the engine profile's). Slides already complete are skipped unless ``force``.
+    5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``batch``: windows per
+    engine call (default: the engine profile's). Slides already complete are skipped unless
+    ``force``.
 
     Returns one :class:`SlideResult` per slide (status done / skipped / failed, with the reason).
     Bad arguments raise before any slide is touched; a bad slide is recorded and the others go on.
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    if tissues is None or isinstance(tissues, str):
-        task_ids = tuple(t.task_id for t in parse_tissues(tissues or "all"))
-    else:
-        task_ids = tuple(sorted({int(t) for t in tissues}))
     own = not isinstance(engine, Engine)
     if engine is None:
-        from omniseg_rt.runtime.default_engine import default_engine
-
-        engine = default_engine(lambda message: notify({"event": "build", "message": message}))
+        engine = default_engine_path(notify)
     handle = open_engine(engine) if own else engine
     try:
-        profile = handle.manifest.get("profile", {})
-        targets = {g.name: g.nominal_mpp for g in SCALE_GROUPS}
-        unknown = set(group_mpp or {}) - set(targets)
-        if unknown:
-            raise InvalidInputError(f"group_mpp: unknown scale groups {sorted(unknown)}; known: {sorted(targets)}")
-        targets.update({k: float(v) for k, v in (group_mpp or {}).items()})
-        settings = SegmentSettings(
-            tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or int(handle.manifest.get("window", 512)),
-            overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-            batch=batch or int(profile.get("batch", {}).get("opt", 4)), readers=readers, resume=resume, force=force)
-        _check(settings)
+        settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
+                                 readers=readers, window=window, group_mpp=group_mpp, resume=resume, force=force)
         out_root = Path(out)
         out_root.mkdir(parents=True, exist_ok=True)
         results = []
@@ -80,8 +67,7 @@ def segment(
             except (OmnisegError, OSError) as exc:
                 log.warning("%s failed: %s", path, exc)
                 result = SlideResult(slide_name(path), str(path), "failed", reason=str(exc))
-            if result.status != "skipped":
-                update_summary_csv(out_root / "summary.csv", _csv_row(result))
+            record(out_root, result)
             notify({"event": "slide_done", **asdict(result)})
             results.append(result)
         return results
@@ -90,7 +76,29 @@ def segment(
             handle.close()
 
 
-def _check(settings: SegmentSettings) -> None:
+def default_engine_path(notify: Callable[[dict], None]) -> Path:
+    from omniseg_rt.runtime.default_engine import default_engine
+
+    return default_engine(lambda message: notify({"event": "build", "message": message}))
+
+
+def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None, batch=None, readers=2,
+                  window=None, group_mpp=None, resume=True, force=False) -> SegmentSettings:
+    """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
+    if tissues is None or isinstance(tissues, str):
+        task_ids = tuple(t.task_id for t in parse_tissues(tissues or "all"))
+    else:
+        task_ids = tuple(sorted({int(t) for t in tissues}))
+    targets = {g.name: g.nominal_mpp for g in SCALE_GROUPS}
+    unknown = set(group_mpp or {}) - set(targets)
+    if unknown:
+        raise InvalidInputError(f"group_mpp: unknown scale groups {sorted(unknown)}; known: {sorted(targets)}")
+    targets.update({k: float(v) for k, v in (group_mpp or {}).items()})
+    profile = manifest.get("profile", {})
+    settings = SegmentSettings(
+        tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or int(manifest.get("window", 512)),
+        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+        batch=batch or int(profile.get("batch", {}).get("opt", 4)), readers=readers, resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
         raise InvalidInputError(f"window {settings.window}: must be a multiple of 16, at least 64")
     if settings.overlap < 0 or settings.overlap % 2 or settings.overlap >= settings.window // 2:
@@ -98,9 +106,13 @@ def _check(settings: SegmentSettings) -> None:
                                 f"({settings.window // 2})")
     if settings.batch < 1 or settings.readers < 1:
         raise InvalidInputError("--batch and --readers must be at least 1")
+    return settings
 
 
-def _csv_row(result: SlideResult) -> dict:
+def record(out_root: Path, result: SlideResult) -> None:
+    """The slide's row in ``out_root/summary.csv`` (skipped slides keep the row they have)."""
+    if result.status == "skipped":
+        return
     row = {"slide": result.slide, "status": result.status, "reason": result.reason or "", "path": result.path}
     for t in result.summary.get("tissues", []):
         row[f"{t['abbrev']}_objects"] = t["objects"]
@@ -109,4 +121,4 @@ def _csv_row(result: SlideResult) -> dict:
         row["tissue_area_mm2"] = result.summary.get("tissue_area_mm2")
     if result.seconds:
         row["seconds"] = result.seconds.get("total")
-    return row
+    update_summary_csv(out_root / "summary.csv", row)
