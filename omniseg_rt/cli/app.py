@@ -43,10 +43,11 @@ def _root(
 
 def _register() -> None:
     # Command modules import only core packages at module level (rule: --help works without torch).
-    from omniseg_rt.cli import (bench_cmd, build_cmd, export_cmd, inspect_cmd, segment_cmd, tissues_cmd,
-                                train_cmd)
+    from omniseg_rt.cli import (bench_cmd, build_cmd, calibrate_cmd, export_cmd, inspect_cmd, segment_cmd,
+                                tissues_cmd, train_cmd)
 
-    for module in (segment_cmd, build_cmd, bench_cmd, export_cmd, inspect_cmd, tissues_cmd, train_cmd):
+    for module in (segment_cmd, build_cmd, calibrate_cmd, bench_cmd, export_cmd, inspect_cmd, tissues_cmd,
+                   train_cmd):
         module.register(app)
 
 

@@ -24,6 +24,8 @@ def build(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all this process may use).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | tensorrt (onnxruntime providers; torch)")] = None,
     force: Annotated[bool, typer.Option(help="Build even if reduced precision fails the accuracy gate.")] = False,
+    calibration_method: Annotated[str, typer.Option(
+        help="int8 activation ranges: minmax, entropy or percentile.")] = "minmax",
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
 ) -> None:
     """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
@@ -34,6 +36,7 @@ def build(
             path, manifest = build_engine(model, precision=precision, backend=backend, tissues=tissues,
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
+                                          calibration_method=calibration_method,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")

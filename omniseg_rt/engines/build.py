@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from omniseg_rt import __version__
 from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.engines import registry
@@ -92,16 +94,9 @@ def _check_backend(backend: str, precision: str, device: str, model: Path) -> No
         from omniseg_rt.engines.tensorrt_backend import check_available
 
         check_available()
-    if precision == "int8":
-        raise InvalidInputError(
-            "int8 engines need a calibration set and a Q/DQ graph (omniseg-rt calibrate, then "
-            "build --calibration DIR); this version builds fp32, bf16 and the torch backend's fp16"
-        )
-    if precision == "fp16" and backend == "onnxruntime":
-        raise InvalidInputError(
-            "fp16 onnxruntime engines need an FP16 graph, which the calibration stage makes; use "
-            "--backend tensorrt (TensorRT 10.x) or --backend torch --precision fp16 on a CUDA GPU meanwhile"
-        )
+    if precision == "fp16" and backend == "onnxruntime" and device == "cpu":
+        raise InvalidInputError("fp16 onnxruntime engines run on CUDA (--device cuda, onnxruntime-gpu); "
+                                "on the CPU use fp32, int8, or --backend openvino")
 
 
 def _resolve_device(backend: str, requested: str) -> str:
@@ -122,19 +117,62 @@ def _versions(backend: str) -> dict[str, str]:
     return {"omniseg_rt": __version__, **module.versions()}
 
 
-def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify) -> dict:
-    """Run the candidate and the fp32 reference (ONNX Runtime CPU) on real windows; raise if it fails."""
+def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, calibration, method: str,
+                              staging: Path, notify) -> dict | None:
+    """Replace the fp32 graphs by INT8 Q/DQ (int8) or FP16 (fp16 for ONNX Runtime / TensorRT)
+    graphs; the fp32 graphs move to ``staging/reference`` for the accuracy gate."""
+    if precision not in ("int8", "fp16") or (precision == "fp16" and backend not in ("onnxruntime", "tensorrt")):
+        return None
+    from omniseg_rt.calibration.fp16 import convert_fp16
+    from omniseg_rt.calibration.int8 import quantize_int8, write_trt_calibration_cache
+    from omniseg_rt.calibration.sampling import load_windows
+
+    (staging / "reference").mkdir()
+    done = {}
+    for graph in graphs:
+        meta = read_manifest(graph)
+        reference = staging / "reference" / graph.name
+        shutil.move(graph, reference)
+        shutil.move(graph.with_suffix(".json"), reference.with_suffix(".json"))
+        if precision == "int8":
+            groups = [meta["scale_group"]] if meta["scale_group"] else [t["scale_group"] for t in meta["tissues"]]
+            windows = np.concatenate([load_windows(calibration, g) for g in dict.fromkeys(groups)])
+            notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({method})")
+            info = quantize_int8(reference, windows, graph, method=method)
+            info["trt_calibration_cache"] = graph.with_suffix(".calibration.cache").name
+            write_trt_calibration_cache(graph, graph.with_suffix(".calibration.cache"))
+        else:
+            notify(f"converting {meta['name']} to FP16")
+            info = convert_fp16(reference, graph)
+        write_manifest(graph, {**{k: v for k, v in meta.items() if k not in ("graph_file", "graph_sha256")},
+                               "precision": precision, "reduced_from_fp32": info})
+        done[meta["name"]] = info
+    return done
+
+
+def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify, calibration=None) -> dict:
+    """Run the candidate and the fp32 reference (ONNX Runtime CPU) on real windows (the
+    calibration set's held-out part, else the bundled sample slide); raise if it fails."""
     from omniseg_rt.calibration.gate import run_gate
+    from omniseg_rt.calibration.sampling import load_windows
     from omniseg_rt.data import sample_windows
     from omniseg_rt.engines.loader import graph_specs, make_runner
     from omniseg_rt.engines.onnxruntime_backend import OnnxRuntimeRunner
 
-    windows = sample_windows(GATE_WINDOWS, manifest["window"])
-    results = []
+    results, sources = [], set()
     for spec in graph_specs(manifest):
+        if calibration is not None:
+            groups = [spec.scale_group] if spec.scale_group else ["5x", "10x", "40x"]
+            windows = np.concatenate([load_windows(calibration, g, "holdout") for g in groups])
+            sources.add("held-out calibration windows")
+        else:
+            windows = sample_windows(GATE_WINDOWS, manifest["window"])
+            sources.add("bundled sample slide")
         notify(f"accuracy gate: {spec.name} {manifest['precision']} vs fp32 on {len(windows)} windows")
         candidate = make_runner(folder, manifest, spec, threads)
-        reference = OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache" / "reference")
+        fp32 = folder / "reference" / Path(spec.file).name
+        reference = OnnxRuntimeRunner(spec, fp32 if fp32.is_file() else folder / spec.file, threads,
+                                      folder / "cache" / "reference")
         try:
             results.append(run_gate(list(spec.tissues), reference.infer, candidate.infer, windows, min_dice))
         finally:
@@ -142,7 +180,8 @@ def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify) -
             reference.close()
         shutil.rmtree(folder / "cache" / "reference", ignore_errors=True)
     rows = [row for result in results for row in result.rows]
-    return {"threshold": results[0].threshold, "windows": len(windows), "source": "bundled sample slide",
+    return {"threshold": results[0].threshold, "windows": sum(r.windows for r in results),
+            "source": ", ".join(sorted(sources)),
             "reference": "fp32 graph in ONNX Runtime CPU", "passed": all(r.passed for r in results),
             "tissues": rows}
 
@@ -160,6 +199,7 @@ def build_engine(
     device: str | None = None,
     force: bool = False,
     min_dice: float = DEFAULT_MIN_DICE,
+    calibration_method: str = "minmax",
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build an engine directory for this machine; returns (path, manifest).
@@ -180,8 +220,6 @@ def build_engine(
         raise MissingFileError(f"{source}: no such checkpoint or graph")
     if not 0.0 < min_dice <= 1.0:
         raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
-    if calibration is not None:
-        raise InvalidInputError("--calibration is used by int8 builds, which this version does not make yet")
     settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
                                 device=device)
     chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
@@ -189,6 +227,11 @@ def build_engine(
     chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
                         if settings.precision == "auto" else settings.precision)
     _check_backend(chosen_backend, chosen_precision, chosen_device, source)
+    if chosen_precision == "int8" and calibration is None:
+        raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
+                                "--out calibration/NAME, then build --calibration calibration/NAME")
+    if calibration is not None and not (Path(calibration) / "manifest.json").is_file():
+        raise MissingFileError(f"{calibration}: no calibration set here (manifest.json); make one with omniseg-rt calibrate")
     n_threads = settings.threads or default_threads()
 
     final = Path(out) if out else DEFAULT_DIR / f"{source.stem}-{chosen_backend}-{chosen_precision}"
@@ -197,6 +240,8 @@ def build_engine(
     start = time.perf_counter()
     try:
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
+        reduced = _reduced_precision_graphs(graphs, chosen_precision, chosen_backend, calibration,
+                                            calibration_method, staging, notify)
         metas = [read_manifest(graph) for graph in graphs]
         graph_entries = [
             {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
@@ -234,7 +279,7 @@ def build_engine(
         open_engine_unchecked(staging, manifest, n_threads).close()  # compiles; fills the caches
         gate = None
         if chosen_precision != "fp32":
-            gate = _gate(staging, manifest, n_threads, min_dice, notify)
+            gate = _gate(staging, manifest, n_threads, min_dice, notify, calibration)
             gate["forced"] = bool(force and not gate["passed"])
             if not gate["passed"] and not force:
                 raise AccuracyGateError(
@@ -243,6 +288,9 @@ def build_engine(
                     f"{', '.join(r['abbrev'] for r in gate['tissues'] if r['dice'] < gate['threshold'])}); "
                     "nothing was written. Use --precision fp32, or --force to build it anyway "
                     "(recorded in the manifest)", gate)
+        shutil.rmtree(staging / "reference", ignore_errors=True)  # fp32 graphs: the gate's reference only
+        if reduced:
+            manifest["reduced_precision"] = reduced
         files = {str(p.relative_to(staging)): sha256_file(p)
                  for p in sorted(staging.rglob("*")) if p.is_file() and p.parts[len(staging.parts)] != "cache"}
         manifest.update({

@@ -68,7 +68,7 @@ def _gpu() -> dict:
 
 def _build_one(onnx_path: Path, plan_path: Path, precision: str, settings, timing_cache: Path) -> None:
     trt = _trt()
-    plan_spec = build_plan(trt.__version__, precision, have_fp16_graph=False)
+    plan_spec = build_plan(trt.__version__, precision, have_fp16_graph=precision == "fp16")  # build converts
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0

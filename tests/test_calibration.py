@@ -1,0 +1,123 @@
+"""Calibration sets from the real slides and patches, INT8 engines with the accuracy gate, FP16
+graphs; bf16 where the CPU runs it natively."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import PATCHES, SLIDES, run_cli
+from omniseg_rt.calibration.sampling import calibrate, load_windows
+from omniseg_rt.data import DEMO_GRAPH
+from omniseg_rt.engines import build_engine, open_engine
+from omniseg_rt.engines.build import AccuracyGateError
+from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.fileutil import sha256_file
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    """8 windows of 256 px per group from the three slides (0.5 um/px for the one without a pixel
+    size) and the kidney patches; 2 of each held out."""
+    out = tmp_path_factory.mktemp("cal") / "set"
+    result = run_cli("calibrate", str(SLIDES), str(PATCHES), "--out", str(out), "--tiles-per-group", "8",
+                     "--window", "256", "--mpp", "0.5", block_torch=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_calibration_set_is_real_spread_deterministic_and_holds_out(calibration, tmp_path):
+    manifest = json.loads((calibration / "manifest.json").read_text())
+    assert set(manifest["groups"]) == {"5x", "10x", "40x"}
+    for group, entry in manifest["groups"].items():
+        cal, held = load_windows(calibration, group), load_windows(calibration, group, "holdout")
+        assert cal.shape == (6, 3, 256, 256) and held.shape == (2, 3, 256, 256) and cal.dtype == np.uint8
+        sources = {o["source"] for o in entry["calibration"]["origins"]}
+        assert len(sources) >= 2, f"{group}: windows from one source only"
+        keys = [json.dumps(o, sort_keys=True) for o in entry["calibration"]["origins"] + entry["holdout"]["origins"]]
+        assert len(set(keys)) == len(keys), "held-out windows overlap the calibration windows"
+        assert (cal.reshape(len(cal), -1).std(axis=1) > 5).all(), "a calibration window is blank"
+    again, _ = calibrate([SLIDES, PATCHES], tmp_path / "again", tiles_per_group=8, window=256, mpp=0.5)
+    for entry in manifest["groups"].values():
+        assert sha256_file(again / entry["calibration"]["file"]) == entry["calibration"]["sha256"]
+
+
+def test_int8_engine_passes_the_gate_and_scores_like_fp32(calibration, tmp_path):
+    path, manifest = build_engine(DEMO_GRAPH, precision="int8", backend="openvino", calibration=calibration,
+                                  out=tmp_path / "int8", window=256)
+    gate = manifest["accuracy_gate"]
+    assert gate["passed"] and gate["source"] == "held-out calibration windows"
+    assert {r["abbrev"] for r in gate["tissues"]} == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
+    info = manifest["reduced_precision"]["all"]
+    assert info["quantize_linear_nodes"] > 20 and info["per_channel_weights"] and info["symmetric"]
+    cache = (path / "graphs" / info["trt_calibration_cache"]).read_text().splitlines()
+    assert cache[0].startswith("TRT-") and len(cache) > 20
+    with open_engine(path) as engine:  # the Q/DQ graph really is int8: QuantizeLinear nodes in it
+        import onnx
+
+        graph = onnx.load(str(path / engine.runners[0].spec.file))
+        assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    scores = {}
+    for name, model in (("int8", path), ("fp32", DEMO_GRAPH)):
+        result = run_cli("evaluate", str(PATCHES), "--model", str(model), "--json", block_torch=True)
+        assert result.returncode == 0, result.stderr
+        scores[name] = {t["abbrev"]: t["dice"] for t in json.loads(result.stdout)["tissues"]}
+    for tissue, dice in scores["fp32"].items():
+        assert abs(scores["int8"][tissue] - dice) < 0.03, (tissue, scores)
+
+
+def test_a_broken_calibration_set_fails_the_gate_and_writes_nothing(calibration, tmp_path):
+    broken = tmp_path / "white"
+    shutil.copytree(calibration, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for entry in manifest["groups"].values():  # calibrate on blank glass, gate on real tissue
+        path = broken / entry["calibration"]["file"]
+        np.savez_compressed(path, image=np.full_like(load_windows(calibration, "5x"), 255))
+        entry["calibration"]["sha256"] = sha256_file(path)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AccuracyGateError, match="disagrees with fp32") as caught:
+        build_engine(DEMO_GRAPH, precision="int8", calibration=broken, out=tmp_path / "bad", window=256)
+    assert min(r["dice"] for r in caught.value.gate["tissues"]) < 0.97
+    assert not (tmp_path / "bad").exists()
+
+
+def test_int8_needs_a_calibration_set(tmp_path):
+    with pytest.raises(InvalidInputError, match="omniseg-rt calibrate"):
+        build_engine(None, precision="int8", out=tmp_path / "x")
+
+
+def test_fp16_graph_keeps_io_types_and_agrees_with_fp32(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from omniseg_rt.calibration.fp16 import convert_fp16
+    from omniseg_rt.calibration.gate import compare_margins
+    from omniseg_rt.data import sample_windows
+
+    out = tmp_path / "fp16.onnx"
+    convert_fp16(DEMO_GRAPH, out)
+    graph = onnx.load(str(out))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+    windows = sample_windows(4, 256)
+    fp32 = ort.InferenceSession(str(DEMO_GRAPH)).run(None, {"image": windows})[0]
+    fp16 = ort.InferenceSession(str(out)).run(None, {"image": windows})[0]
+    assert np.abs(fp32 - fp16).max() < 5e-3 * np.ptp(fp32)
+    assert min(r["dice"] for r in compare_margins(list(range(6)), fp32, fp16)) > 0.999
+
+
+def test_bf16_engine_where_the_cpu_runs_it():
+    from omniseg_rt.engines.hardware import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16 (AMX / AVX-512 BF16): OpenVINO would emulate it; "
+                    "build refuses bf16 here with that reason")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, manifest = build_engine(None, precision="bf16", backend="openvino", out=f"{tmp}/bf16", window=256)
+    assert manifest["accuracy_gate"]["passed"]
