@@ -51,6 +51,17 @@ print(json.dumps({{"status": r.status, "windows": r.windows, "peak_rss_mb":
 """
 
 
+ENGINE_RSS_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from omniseg_rt.engines import open_engine
+with open_engine(sys.argv[1]) as engine:
+    for runner in engine.runners:
+        runner.infer(np.full((4, 3, 512, 512), 200, np.uint8))
+print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
 def engine_alone_seconds(engine, plans, reader, batch: int, repeats: int = 2) -> float:
     """Seconds the engine's runners need for the plans' windows in the same batches (best of
     ``repeats`` per batch shape), with real pixels from the slide."""
@@ -78,68 +89,81 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def end_to_end(engine_dir, threads: int, tmp: Path) -> dict:
+    """Segment the sample slide (all tissues); time the same windows through the runners alone."""
+    with open_engine(engine_dir, threads=threads) as engine:
+        start = time.perf_counter()
+        [result] = segment(SAMPLE_SLIDE, engine=engine, out=tmp / "seg")
+        wall = time.perf_counter() - start
+        assert result.status == "done", result.reason
+        settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
+        with open_slide(SAMPLE_SLIDE) as reader:
+            from omniseg_rt.slide import detect_tissue
+            from omniseg_rt.slide.tissue import TISSUE_MPP
+
+            g = reader.geometry
+            tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
+            plans = [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for,
+                                settings["window"], settings["overlap"], tissue, TISSUE_MPP) for group in SCALE_GROUPS]
+            alone = engine_alone_seconds(engine, plans, reader, settings["batch"])
+    windows = sum(result.windows.values())
+    return {"slide": SAMPLE_SLIDE.name, "windows": result.windows, "wall_seconds": wall,
+            "windows_per_second": windows / wall, "engine_alone_seconds": alone,
+            "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
+            "breakdown_seconds": result.seconds, "batch": settings["batch"]}
+
+
+def peak_rss(engine_dir, tmp: Path) -> list[dict]:
+    """Peak RSS of the engine alone (open + one batch per graph) and of segment on two sizes."""
+    out = subprocess.run([sys.executable, "-c", ENGINE_RSS_SCRIPT, str(engine_dir)], capture_output=True, text=True,
+                         check=True)
+    rows = [{"run": "engine alone (open, one batch of 4 per graph)", **json.loads(out.stdout.strip().splitlines()[-1])}]
+    for side in (2048, 4096):
+        code = RSS_SCRIPT.format(tests=str(REPO / "tests"))
+        out = subprocess.run([sys.executable, "-c", code, str(side), str(engine_dir), str(tmp)],
+                             capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"run": f"segment, synthetic {side}x{side} px slide (10x: {sum(result['windows'].values())} windows)",
+                     **result})
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__, threads=2)
     p.add_argument("--engine", default=None)
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--only-rss", action="store_true", help="skip the end-to-end run")
     args = p.parse_args()
-    console = Console()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         engine_dir = args.engine or build_engine(None, out=tmp / "engine", threads=args.threads)[0]
-        with open_engine(engine_dir, threads=args.threads) as engine:
-            start = time.perf_counter()
-            [result] = segment(SAMPLE_SLIDE, engine=engine, out=tmp / "seg")
-            wall = time.perf_counter() - start
-            assert result.status == "done", result.reason
-            manifest = json.loads((Path(result.out) / "manifest.json").read_text())
-            batch = manifest["settings"]["batch"]
-            with open_slide(SAMPLE_SLIDE) as reader:
-                g = reader.geometry
-                from omniseg_rt.slide import detect_tissue
-                from omniseg_rt.slide.tissue import TISSUE_MPP
-
-                tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
-                plans = [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for,
-                                    manifest["settings"]["window"], manifest["settings"]["overlap"], tissue,
-                                    TISSUE_MPP) for group in SCALE_GROUPS]
-                alone = engine_alone_seconds(engine, plans, reader, batch)
-        windows = sum(result.windows.values())
-        e2e = {"slide": SAMPLE_SLIDE.name, "windows": result.windows, "wall_seconds": wall,
-               "windows_per_second": windows / wall, "engine_alone_seconds": alone,
-               "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
-               "breakdown_seconds": result.seconds, "batch": batch}
-        rss = []
-        if not args.skip_rss:
-            for side in (2048, 4096):
-                code = RSS_SCRIPT.format(tests=str(REPO / "tests"))
-                out = subprocess.run([sys.executable, "-c", code, str(side), str(engine_dir), str(tmp)],
-                                     capture_output=True, text=True, check=True)
-                rss.append({"side_px": side, **json.loads(out.stdout.strip().splitlines()[-1])})
+        e2e = {} if args.only_rss else end_to_end(engine_dir, args.threads, tmp)
+        rss = [] if args.skip_rss else peak_rss(engine_dir, tmp)
     passes = []
     for group in SCALE_GROUPS:
         plan = plan_group(group, group.nominal_mpp, 0.25, (4096, 4096), (1.0,), lambda mpp: 0, 512, DEFAULT_OVERLAP)
         passes.append({"group": group.name, "windows": plan.windows})
     ours = sum(p["windows"] for p in passes)
 
-    table = Table(title=f"segment end to end ({SAMPLE_SLIDE.name}, all tissues, batch {batch})")
+    table = Table(title=f"segment ({SAMPLE_SLIDE.name}, all tissues)")
     for column in ("measure", "value"):
         table.add_column(column)
-    table.add_row("windows (5x/10x/40x)", " / ".join(str(v) for v in result.windows.values()))
-    table.add_row("segment windows/s", f"{e2e['windows_per_second']:.2f}")
-    table.add_row("engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
-    table.add_row("ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
-    table.add_row("seconds: " + ", ".join(result.seconds), ", ".join(f"{v:.1f}" for v in result.seconds.values()))
+    if e2e:
+        table.add_row("windows (5x/10x/40x)", " / ".join(str(v) for v in e2e["windows"].values()))
+        table.add_row(f"segment windows/s (batch {e2e['batch']})", f"{e2e['windows_per_second']:.2f}")
+        table.add_row("engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
+        table.add_row("ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
+        seconds = e2e["breakdown_seconds"]
+        table.add_row("seconds: " + ", ".join(seconds), ", ".join(f"{v:.1f}" for v in seconds.values()))
     for r in rss:
-        table.add_row(f"peak RSS, synthetic {r['side_px']}^2 px slide (10x: {sum(r['windows'].values())} windows)",
-                      f"{r['peak_rss_mb']:.0f} MB")
+        table.add_row(f"peak RSS: {r['run']}", f"{r['peak_rss_mb']:.0f} MB")
     per_group = ", ".join(f"{p['group']} {p['windows']}" for p in passes)
     table.add_row("passes per 4096^2 40x region", f"{ours} ({per_group}) vs original {ORIGINAL_PASSES_PER_REGION} "
                   f"({ORIGINAL_PASSES_PER_REGION / ours:.1f}x fewer)")
-    console.print(table)
+    Console().print(table)
     payload = {"environment": environment(), "end_to_end": e2e, "rss": rss,
                "passes_per_region": {"ours": ours, "groups": passes, "original": ORIGINAL_PASSES_PER_REGION}}
-    console.print(f"wrote {write_result('segment', payload)}")
+    print(f"wrote {write_result('segment_rss' if args.only_rss else 'segment', payload)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ _EXTRA_OF = {
     "tensorrt": "tensorrt",
     "pycuda": "tensorrt",
     "ray": "ray",
+    "nncf": "nncf",
 }
 
 

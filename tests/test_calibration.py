@@ -121,3 +121,30 @@ def test_bf16_engine_where_the_cpu_runs_it():
     with tempfile.TemporaryDirectory() as tmp:
         _, manifest = build_engine(None, precision="bf16", backend="openvino", out=f"{tmp}/bf16", window=256)
     assert manifest["accuracy_gate"]["passed"]
+
+
+@pytest.mark.parametrize("tool", ["onnxruntime", "nncf"])
+def test_both_quantizers_make_symmetric_qdq_graphs_that_keep_the_masks(calibration, tmp_path, tool):
+    pytest.importorskip(tool, reason=f"{tool} is not installed")
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from omniseg_rt.calibration.gate import compare_margins
+    from omniseg_rt.calibration.int8 import quantize_int8
+
+    windows = np.concatenate([load_windows(calibration, g) for g in ("5x", "10x", "40x")])
+    held = np.concatenate([load_windows(calibration, g, "holdout") for g in ("5x", "10x", "40x")])
+    out = tmp_path / f"{tool}.onnx"
+    info = quantize_int8(DEMO_GRAPH, windows, out, tool=tool)
+    graph = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert info["quantize_linear_nodes"] > 20
+    assert all(z.dtype == np.int8 and not z.any() for z in zero_points), "not symmetric int8"
+    dequantized = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    assert not any(i in dequantized for n in graph.graph.node if n.op_type == "MatMul" for i in n.input), \
+        "the controller / dynamic heads were quantized"
+    fp32 = ort.InferenceSession(str(DEMO_GRAPH)).run(None, {"image": held})[0]
+    int8 = ort.InferenceSession(str(out)).run(None, {"image": held})[0]
+    assert min(r["dice"] for r in compare_margins(list(range(6)), fp32, int8)) >= 0.97

@@ -1,10 +1,11 @@
 """INT8: symmetric Q/DQ graphs from a calibration set, and TensorRT 10's calibration cache.
 
 Symmetric INT8 (zero point 0) with per-channel weight scales is what TensorRT's explicit
-quantization consumes; OpenVINO and ONNX Runtime run the same graph. Made with ONNX Runtime's
-``quantize_static`` (QDQ format). Only the backbone's convolutions are quantized: the
-controller and the dynamic heads (MatMul) stay float, and so do the first and last convolution
-unless asked otherwise -- the layers whose rounding costs Dice (DEVELOPERS.md, "INT8").
+quantization consumes; OpenVINO and ONNX Runtime run the same graph. Two quantizers make it:
+ONNX Runtime's ``quantize_static`` (QDQ format; the default) and OpenVINO's NNCF
+(``nncf.quantize``, performance preset = symmetric). Only the backbone's convolutions are
+quantized: the controller and the dynamic heads (MatMul) stay float, and so do the first and
+last convolution unless asked otherwise -- the layers whose rounding costs Dice (DEVELOPERS.md).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from omniseg_rt.graph_manifest import INPUT_NAME
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
+TOOLS = ("onnxruntime", "nncf")
 KEEP_FLOAT = ("first", "last")  # default: first and last Conv stay float (heads always do)
 
 
 def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "minmax",
-                  keep_float: tuple[str, ...] = KEEP_FLOAT, batch: int = 4) -> dict[str, Any]:
+                  keep_float: tuple[str, ...] = KEEP_FLOAT, batch: int = 4, tool: str = "onnxruntime") -> dict[str, Any]:
     """Write the Q/DQ INT8 version of ``graph`` (fp32 ONNX) to ``out``, calibrated on ``windows``
-    (uint8 [N, 3, H, W] real tissue). Returns what was done (method, excluded nodes, counts)."""
+    (uint8 [N, 3, H, W] real tissue) with ``tool``. Returns what was done (tool, method,
+    excluded nodes, counts). ``method`` applies to ONNX Runtime (NNCF uses its own min/max)."""
+    if tool not in TOOLS:
+        raise InvalidInputError(f"int8 tool {tool!r}: choose {', '.join(TOOLS)}")
     require("onnxruntime", "quantize graphs to INT8")
     onnx = require("onnx", "quantize graphs to INT8")
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -56,6 +61,15 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
         convs = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node if n.op_type == "Conv"]
         exclude = ([convs[0]] if "first" in keep_float else []) + ([convs[-1]] if "last" in keep_float else [])
         tmp_out = out.with_name(f".{out.name}.tmp")
+        if tool == "nncf":
+            _nncf_quantize(pre, windows, tmp_out, exclude, batch)
+            os.replace(tmp_out, out)
+            model = onnx.load(str(out))
+            count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+            return {"tool": "nncf quantize (performance preset: symmetric)", "method": "nncf min/max",
+                    "symmetric": True, "per_channel_weights": True, "quantized_ops": "NNCF's choice, MatMul ignored",
+                    "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
+                    "quantize_linear_nodes": count, "calibration_windows": len(windows)}
         quantize_static(
             str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -71,6 +85,18 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
     return {"method": method, "symmetric": True, "per_channel_weights": True, "quantized_ops": ["Conv"],
             "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
             "quantize_linear_nodes": count, "calibration_windows": len(windows), "tool": "onnxruntime quantize_static"}
+
+
+def _nncf_quantize(pre: Path, windows: np.ndarray, out: Path, exclude: list[str], batch: int) -> None:
+    nncf = require("nncf", "quantize graphs to INT8 with NNCF")
+    import onnx
+
+    batches = [windows[i:i + batch] for i in range(0, len(windows), batch)]
+    quantized = nncf.quantize(
+        onnx.load(str(pre)), nncf.Dataset(batches, lambda x: {INPUT_NAME: x}),
+        preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(windows),
+        ignored_scope=nncf.IgnoredScope(names=exclude, types=["MatMul"], validate=False))
+    onnx.save(quantized, str(out))
 
 
 def write_trt_calibration_cache(qdq_graph: Path, path: Path, trt_version: str = "100300") -> int:

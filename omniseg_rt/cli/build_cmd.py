@@ -26,6 +26,8 @@ def build(
     force: Annotated[bool, typer.Option(help="Build even if reduced precision fails the accuracy gate.")] = False,
     calibration_method: Annotated[str, typer.Option(
         help="int8 activation ranges: minmax, entropy or percentile.")] = "minmax",
+    int8_tool: Annotated[str, typer.Option(help="int8 quantizer: onnxruntime or nncf (pip install nncf).")] = (
+        "onnxruntime"),
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
 ) -> None:
     """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
@@ -36,7 +38,7 @@ def build(
             path, manifest = build_engine(model, precision=precision, backend=backend, tissues=tissues,
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
-                                          calibration_method=calibration_method,
+                                          calibration_method=calibration_method, int8_tool=int8_tool,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")

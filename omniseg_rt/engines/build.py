@@ -118,7 +118,7 @@ def _versions(backend: str) -> dict[str, str]:
 
 
 def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, calibration, method: str,
-                              staging: Path, notify) -> dict | None:
+                              tool: str, staging: Path, notify) -> dict | None:
     """Replace the fp32 graphs by INT8 Q/DQ (int8) or FP16 (fp16 for ONNX Runtime / TensorRT)
     graphs; the fp32 graphs move to ``staging/reference`` for the accuracy gate."""
     if precision not in ("int8", "fp16") or (precision == "fp16" and backend not in ("onnxruntime", "tensorrt")):
@@ -137,8 +137,8 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
         if precision == "int8":
             groups = [meta["scale_group"]] if meta["scale_group"] else [t["scale_group"] for t in meta["tissues"]]
             windows = np.concatenate([load_windows(calibration, g) for g in dict.fromkeys(groups)])
-            notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({method})")
-            info = quantize_int8(reference, windows, graph, method=method)
+            notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
+            info = quantize_int8(reference, windows, graph, method=method, tool=tool)
             info["trt_calibration_cache"] = graph.with_suffix(".calibration.cache").name
             write_trt_calibration_cache(graph, graph.with_suffix(".calibration.cache"))
         else:
@@ -200,6 +200,7 @@ def build_engine(
     force: bool = False,
     min_dice: float = DEFAULT_MIN_DICE,
     calibration_method: str = "minmax",
+    int8_tool: str = "onnxruntime",
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build an engine directory for this machine; returns (path, manifest).
@@ -241,7 +242,7 @@ def build_engine(
     try:
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
         reduced = _reduced_precision_graphs(graphs, chosen_precision, chosen_backend, calibration,
-                                            calibration_method, staging, notify)
+                                            calibration_method, int8_tool, staging, notify)
         metas = [read_manifest(graph) for graph in graphs]
         graph_entries = [
             {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],

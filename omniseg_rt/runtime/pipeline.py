@@ -99,6 +99,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         key = {"slide": str(Path(path).resolve()), "slide_bytes": _size(path), "engine": _engine_id(engine),
                "settings": settings.key()}
         slide_dir.mkdir(parents=True, exist_ok=True)
+        (slide_dir / "manifest.json").unlink(missing_ok=True)  # redoing (--force): not complete until done
         store = WorkStore(slide_dir, key, resume=settings.resume)
         total = sum(p.windows for p, _ in plans)
         done_windows = 0
@@ -128,7 +129,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         "format": MANIFEST_FORMAT, "status": "complete", "slide": name, "source": str(path),
         "geometry": {"l0_size": g.l0_size, "mpp": g.mpp, "mpp_source": g.mpp_source, "vendor": g.vendor,
                      "levels": len(g.level_sizes)},
-        "versions": {"omniseg_rt": __version__}, "engine": _engine_id(engine), "settings": settings.as_dict(),
+        "versions": _versions(), "engine": _engine_id(engine), "settings": settings.as_dict(),
         "groups": [{"group": p.group, "tissues": list(t), "mpp": p.mpp, "canvas": p.canvas, "window": p.window,
                     "overlap": p.overlap, "windows": p.windows, "cells": p.cells_total} for p, t in plans],
         "windows": windows, "resumed": store.resumed, "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -201,6 +202,13 @@ def _runner_for(engine: Engine, group: str, tasks: tuple[int, ...]) -> tuple[Gra
 def _engine_id(engine: Engine) -> str:
     manifest = Path(engine.path) / "manifest.json"
     return sha256_file(manifest) if manifest.is_file() else f"{engine.backend}:{engine.precision}"
+
+
+def _versions() -> dict[str, str]:
+    import openslide
+
+    return {"omniseg_rt": __version__, "openslide": openslide.__library_version__,
+            "openslide_python": openslide.__version__, "numpy": np.__version__}
 
 
 def _size(path: Path) -> int:

@@ -1,0 +1,88 @@
+"""fp32 vs int8 (vs bf16 where the CPU runs it natively) for all six tissues, one run, this CPU.
+
+Calibrates on the shared slides and patches (``--tiles-per-group`` windows of 512 per scale
+group, a quarter held out), builds engines from the bundled all-tissue graph -- ONNX Runtime
+fp32 (the baseline), OpenVINO fp32, OpenVINO int8 (Q/DQ), ONNX Runtime int8, OpenVINO bf16 where
+native; INT8 graphs quantized with ONNX Runtime and with NNCF -- times each on the same real windows, and scores each against ONNX Runtime fp32 on the
+held-out windows (per-tissue Dice agreement of the masks, max |diff|). Also: FP16 graph parity.
+
+    python benchmarks/bench_precision.py [--threads 2] [--batch 4] [--tiles-per-group 16]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from _common import PATCHES, SHARED, environment, median_seconds, parser, real_windows, write_result
+from omniseg_rt.calibration.gate import compare_margins
+from omniseg_rt.calibration.sampling import calibrate, load_windows
+from omniseg_rt.data import DEMO_GRAPH
+from omniseg_rt.engines import build_engine, open_engine
+from omniseg_rt.engines.hardware import native_bf16
+
+
+def main() -> None:
+    p = parser(__doc__, threads=2)
+    p.add_argument("--tiles-per-group", type=int, default=16)
+    args = p.parse_args()
+    windows = real_windows(args.batch, args.window)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cal, _ = calibrate([SHARED / "data" / "slides", PATCHES], tmp / "cal", tiles_per_group=args.tiles_per_group,
+                           window=args.window, mpp=0.5)
+        held = np.concatenate([load_windows(cal, g, "holdout") for g in ("5x", "10x", "40x")])
+        builds = [("onnxruntime", "fp32", None), ("openvino", "fp32", None), ("openvino", "int8", "onnxruntime"),
+                  ("openvino", "int8", "nncf"), ("onnxruntime", "int8", "onnxruntime")]
+        if native_bf16():
+            builds.append(("openvino", "bf16", None))
+        reference = None
+        for backend, precision, tool in builds:
+            path, manifest = build_engine(DEMO_GRAPH, backend=backend, precision=precision,
+                                          out=tmp / f"{backend}-{precision}-{tool}", int8_tool=tool or "onnxruntime",
+                                          calibration=cal if precision == "int8" else None, window=args.window,
+                                          threads=args.threads, force=True)
+            with open_engine(path, threads=args.threads) as engine:
+                engine.infer(windows)
+                seconds, _ = median_seconds(lambda: engine.infer(windows), args.repeats)
+                margins = np.concatenate([engine.infer(held[i:i + args.batch]) for i in range(0, len(held), args.batch)])
+                tissues = list(engine.tissues)
+            reference = margins if reference is None else reference
+            agreement = compare_margins(tissues, reference, margins)
+            rows.append({"backend": backend, "precision": precision, "int8_tool": tool, "seconds_per_batch": seconds,
+                         "windows_per_second": args.batch / seconds, "agreement": agreement,
+                         "min_dice": min(r["dice"] for r in agreement), "max_abs": max(r["max_abs"] for r in agreement),
+                         "gate": manifest.get("accuracy_gate")})
+        from omniseg_rt.calibration.fp16 import convert_fp16
+        import onnxruntime as ort
+
+        convert_fp16(DEMO_GRAPH, tmp / "fp16.onnx")
+        fp32 = ort.InferenceSession(str(DEMO_GRAPH)).run(None, {"image": held})[0]
+        fp16 = ort.InferenceSession(str(tmp / "fp16.onnx")).run(None, {"image": held})[0]
+        fp16_parity = {"max_abs": float(np.abs(fp32 - fp16).max()), "logit_range": float(np.ptp(fp32)),
+                       "agreement": compare_margins(list(range(6)), fp32, fp16)}
+    base = rows[0]["seconds_per_batch"]
+    table = Table(title=f"all six tissues, {args.batch} windows {args.window}x{args.window}, {args.threads} threads; "
+                        f"Dice vs ONNX Runtime fp32 on {len(held)} held-out windows")
+    for column in ("engine", "windows/s", "x ORT fp32", "min Dice", "max |diff|", "Dice per tissue"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(f"{r['backend']} {r['precision']}" + (f" ({r['int8_tool']})" if r["int8_tool"] else ""), f"{r['windows_per_second']:.2f}",
+                      f"{base / r['seconds_per_batch']:.2f}", f"{r['min_dice']:.4f}", f"{r['max_abs']:.3g}",
+                      " ".join(f"{a['abbrev']} {a['dice']:.3f}" for a in r["agreement"]))
+    console = Console()
+    console.print(table)
+    if not native_bf16():
+        console.print("bf16: not measured, this CPU has no native bf16 (AMX / AVX-512 BF16)")
+    console.print(f"FP16 graph (ORT CPU) vs fp32: max |diff| {fp16_parity['max_abs']:.3g} of a logit range "
+                  f"{fp16_parity['logit_range']:.3g}; min Dice {min(a['dice'] for a in fp16_parity['agreement']):.4f}")
+    print(f"wrote {write_result('precision', {'environment': environment(), 'rows': rows, 'fp16_parity': fp16_parity})}")
+
+
+if __name__ == "__main__":
+    main()
