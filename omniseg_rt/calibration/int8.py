@@ -3,7 +3,8 @@
 Symmetric INT8 (zero point 0) with per-channel weight scales is what TensorRT's explicit
 quantization consumes; OpenVINO and ONNX Runtime run the same graph. Two quantizers make it:
 ONNX Runtime's ``quantize_static`` (QDQ format; the default) and OpenVINO's NNCF
-(``nncf.quantize``, performance preset = symmetric). Only the backbone's convolutions are
+(``nncf.quantize``, performance preset = symmetric; it quantizes non-negative activations as
+*unsigned* int8, which OpenVINO and ONNX Runtime run but TensorRT does not accept). Only the backbone's convolutions are
 quantized: the controller and the dynamic heads (MatMul) stay float, and so do the first and
 last convolution unless asked otherwise -- the layers whose rounding costs Dice (DEVELOPERS.md).
 """
@@ -66,7 +67,7 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
             os.replace(tmp_out, out)
             model = onnx.load(str(out))
             count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-            return {"tool": "nncf quantize (performance preset: symmetric)", "method": "nncf min/max",
+            return {"tool": "nncf quantize (performance preset: symmetric; uint8 after ReLU)", "method": "nncf min/max",
                     "symmetric": True, "per_channel_weights": True, "quantized_ops": "NNCF's choice, MatMul ignored",
                     "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
                     "quantize_linear_nodes": count, "calibration_windows": len(windows)}

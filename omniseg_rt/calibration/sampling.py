@@ -173,11 +173,10 @@ def _patch_candidates(folders: list[Path], group: ScaleGroup, window: int):
 
 def _spread(candidates: list[list], count: int, rng: np.random.Generator) -> list:
     """``count`` picks spread over the sources: each source shuffled, then taken in turn."""
-    pools = [list(np.array(range(len(c)))[rng.permutation(len(c))]) for c in candidates if c]
-    picks, turn = [], 0
+    pools = [[c[i] for i in rng.permutation(len(c))] for c in candidates if c]
+    picks = []
     while len(picks) < count and any(pools):
-        source = turn % len(pools)
-        if pools[source]:
-            picks.append(candidates[[i for i, c in enumerate(candidates) if c][source]][pools[source].pop(0)])
-        turn += 1
+        for pool in pools:
+            if pool and len(picks) < count:
+                picks.append(pool.pop(0))
     return picks

@@ -231,6 +231,9 @@ def build_engine(
     if chosen_precision == "int8" and calibration is None:
         raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
                                 "--out calibration/NAME, then build --calibration calibration/NAME")
+    if chosen_precision == "int8" and int8_tool == "nncf" and chosen_backend == "tensorrt":
+        raise InvalidInputError("NNCF quantizes some activations as unsigned int8, which TensorRT does not take; "
+                                "use --int8-tool onnxruntime (the default) for TensorRT engines")
     if calibration is not None and not (Path(calibration) / "manifest.json").is_file():
         raise MissingFileError(f"{calibration}: no calibration set here (manifest.json); make one with omniseg-rt calibrate")
     n_threads = settings.threads or default_threads()
