@@ -1,15 +1,15 @@
 """``segment`` end to end vs the engine alone, its time breakdown, peak RSS vs slide size, and
 network passes per 4096x4096 40x region vs the original pipeline.
 
-1. Builds (or takes, ``--engine``) the bundled model's CPU engine; segments the real sample slide
-   (all tissues) and reports windows/s end to end against what the same engine's runners need
+1. Builds (or takes, ``--engine``) the bundled model's CPU engine; segments a real slide (the
+   bundled sample, or ``--slide`` [``--mpp``]; all tissues) and reports windows/s end to end against what the same engine's runners need
    for the same windows and batches alone (ratio target >= 0.9), with seconds spent reading,
    inferring, stitching and writing.
 2. Peak RSS of ``segment`` (one subprocess each) on a synthetic slide and one 4x larger.
 3. Passes per 4096x4096 40x region: our plan (one pass per window per scale group, all of the
    group's tissues at once) vs the original's 1,917.
 
-    python benchmarks/bench_segment.py [--engine DIR] [--threads 2]
+    python benchmarks/bench_segment.py [--engine DIR] [--threads 2] [--slide PATH --mpp X] [--only-rss]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from omniseg_rt.engines import open_engine
 with open_engine(sys.argv[1]) as engine:
     for runner in engine.runners:
         runner.infer(np.full((4, 3, 512, 512), 200, np.uint8))
-print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -89,15 +89,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def end_to_end(engine_dir, threads: int, tmp: Path) -> dict:
-    """Segment the sample slide (all tissues); time the same windows through the runners alone."""
+def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | None, readers: int = 2) -> dict:
+    """Segment ``slide`` (all tissues); time the same windows through the runners alone (warm)."""
     with open_engine(engine_dir, threads=threads) as engine:
         start = time.perf_counter()
-        [result] = segment(SAMPLE_SLIDE, engine=engine, out=tmp / "seg")
+        [result] = segment(slide, engine=engine, out=tmp / "seg", mpp=mpp, readers=readers)
         wall = time.perf_counter() - start
         assert result.status == "done", result.reason
         settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
-        with open_slide(SAMPLE_SLIDE) as reader:
+        with open_slide(slide, mpp) as reader:
             from omniseg_rt.slide import detect_tissue
             from omniseg_rt.slide.tissue import TISSUE_MPP
 
@@ -107,7 +107,7 @@ def end_to_end(engine_dir, threads: int, tmp: Path) -> dict:
                                 settings["window"], settings["overlap"], tissue, TISSUE_MPP) for group in SCALE_GROUPS]
             alone = engine_alone_seconds(engine, plans, reader, settings["batch"])
     windows = sum(result.windows.values())
-    return {"slide": SAMPLE_SLIDE.name, "windows": result.windows, "wall_seconds": wall,
+    return {"slide": slide.name, "readers": readers, "windows": result.windows, "wall_seconds": wall,
             "windows_per_second": windows / wall, "engine_alone_seconds": alone,
             "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
             "breakdown_seconds": result.seconds, "batch": settings["batch"]}
@@ -133,11 +133,14 @@ def main() -> None:
     p.add_argument("--engine", default=None)
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--only-rss", action="store_true", help="skip the end-to-end run")
+    p.add_argument("--slide", type=Path, default=SAMPLE_SLIDE, help="slide for the end-to-end run")
+    p.add_argument("--mpp", type=float, default=None, help="its pixel size, if it states none")
+    p.add_argument("--readers", type=int, default=2, help="segment's reading threads")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         engine_dir = args.engine or build_engine(None, out=tmp / "engine", threads=args.threads)[0]
-        e2e = {} if args.only_rss else end_to_end(engine_dir, args.threads, tmp)
+        e2e = {} if args.only_rss else end_to_end(engine_dir, args.threads, tmp, args.slide, args.mpp, args.readers)
         rss = [] if args.skip_rss else peak_rss(engine_dir, tmp)
     passes = []
     for group in SCALE_GROUPS:
@@ -145,12 +148,13 @@ def main() -> None:
         passes.append({"group": group.name, "windows": plan.windows})
     ours = sum(p["windows"] for p in passes)
 
-    table = Table(title=f"segment ({SAMPLE_SLIDE.name}, all tissues)")
+    table = Table(title=f"segment ({args.slide.name}, all tissues)")
     for column in ("measure", "value"):
         table.add_column(column)
     if e2e:
         table.add_row("windows (5x/10x/40x)", " / ".join(str(v) for v in e2e["windows"].values()))
-        table.add_row(f"segment windows/s (batch {e2e['batch']})", f"{e2e['windows_per_second']:.2f}")
+        table.add_row(f"segment windows/s (batch {e2e['batch']}, {e2e['readers']} readers)",
+                      f"{e2e['windows_per_second']:.2f}")
         table.add_row("engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
         table.add_row("ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
         seconds = e2e["breakdown_seconds"]
@@ -163,7 +167,8 @@ def main() -> None:
     Console().print(table)
     payload = {"environment": environment(), "end_to_end": e2e, "rss": rss,
                "passes_per_region": {"ours": ours, "groups": passes, "original": ORIGINAL_PASSES_PER_REGION}}
-    print(f"wrote {write_result('segment_rss' if args.only_rss else 'segment', payload)}")
+    name = "segment_rss" if args.only_rss else f"segment_{args.slide.stem}"
+    print(f"wrote {write_result(name, payload)}")
 
 
 if __name__ == "__main__":
