@@ -90,3 +90,24 @@ def test_plan_skips_cells_without_tissue():
     # canvas 80x80 at 2 um/px; tissue covers canvas 0..8 -> only cell (0, 0)
     assert [s.t_rc for b in plan.bands for s in b] == [(0, 0)]
     assert plan.cells_total == 9
+
+
+def test_plain_images_are_one_level_slides(tmp_path):
+    from PIL import Image
+
+    rgb = tissue_pattern(300, 400, glass_from=0.9)
+    Image.fromarray(rgb).save(tmp_path / "scan.png")
+    Image.fromarray(rgb).save(tmp_path / "tagged.tif", dpi=(25400 / 0.5, 25400 / 0.5))  # 0.5 um/px
+    engine = red_engine(tmp_path / "engine")
+    options = dict(engine=engine, window=64, overlap=16, tissues="10x", group_mpp={"10x": 0.5})
+    [no_mpp, tagged] = segment([tmp_path / "scan.png", tmp_path / "tagged.tif"], out=tmp_path / "a", **options)
+    assert no_mpp.status == "failed" and "scan" in no_mpp.reason and "--mpp" in no_mpp.reason
+    assert tagged.status == "done", tagged.reason
+    manifest = json.loads((tmp_path / "a" / "tagged" / "manifest.json").read_text())
+    assert manifest["geometry"]["mpp"] == pytest.approx(0.5) and manifest["geometry"]["mpp_source"] == "TIFF resolution tags"
+    [given] = segment(tmp_path / "scan.png", out=tmp_path / "b", mpp=0.5, **options)
+    assert given.status == "done", given.reason
+    with tifffile.TiffFile(tmp_path / "b" / "scan" / "mask_10x.ome.tif") as tif:
+        mask = tif.series[0].asarray()[0]
+    left = int(400 * 0.85)
+    assert np.array_equal(mask[:, :left] == 255, rgb[:, :left, 0] > 127)
