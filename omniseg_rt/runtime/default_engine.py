@@ -36,5 +36,5 @@ def default_engine(on_progress: Callable[[str], None] | None = None) -> Path:
         except OmnisegError as exc:  # e.g. another OpenVINO version: build again
             log.warning("cached engine %s is not usable here (%s); building it again", folder, exc)
     log.info("building the demo model's CPU engine once, into %s", folder)
-    path, _ = build_engine(model, out=folder, force=False, on_progress=on_progress, device="cpu")
+    path, _ = build_engine(model, backend="openvino", out=folder, on_progress=on_progress, device="cpu")
     return path
