@@ -1,6 +1,7 @@
-"""The engine ``segment`` uses when given none: the CPU engine of the bundled demo model's
-all-tissue graph (no PyTorch needed), built once and cached (``$OMNISEG_RT_CACHE``, else ``$XDG_CACHE_HOME/omniseg-rt``, else
-``~/.cache/omniseg-rt``), keyed by the model's hash and the machine's backend and precision."""
+"""The engine ``segment`` uses when given none: the OpenVINO CPU engine of the bundled demo
+model's all-tissue graph (no PyTorch needed), built once and cached under ``$OMNISEG_RT_CACHE``
+(else ``$XDG_CACHE_HOME/omniseg-rt``, else ``~/.cache/omniseg-rt``), keyed by the graph's hash;
+rebuilt when the cached one no longer opens (e.g. after an OpenVINO upgrade)."""
 
 from __future__ import annotations
 
