@@ -29,6 +29,7 @@ from omniseg_rt.engines.profiles import Profile, load_profile, validate
 from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError
 from omniseg_rt.fileutil import sha256_file
 from omniseg_rt.graph_manifest import read_manifest, write_manifest
+from omniseg_rt.tissues import SCALE_GROUPS
 
 log = logging.getLogger(__name__)
 DEFAULT_DIR = Path("engines")
@@ -125,7 +126,6 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
         return None
     from omniseg_rt.calibration.fp16 import convert_fp16
     from omniseg_rt.calibration.int8 import quantize_int8, write_trt_calibration_cache
-    from omniseg_rt.calibration.sampling import load_windows
 
     (staging / "reference").mkdir()
     done = {}
@@ -135,8 +135,7 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
         shutil.move(graph, reference)
         shutil.move(graph.with_suffix(".json"), reference.with_suffix(".json"))
         if precision == "int8":
-            groups = [meta["scale_group"]] if meta["scale_group"] else [t["scale_group"] for t in meta["tissues"]]
-            windows = np.concatenate([load_windows(calibration, g) for g in dict.fromkeys(groups)])
+            windows = _calibration_windows(calibration, [t["task_id"] for t in meta["tissues"]], "calibration")
             notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
             info = quantize_int8(reference, windows, graph, method=method, tool=tool)
             info["trt_calibration_cache"] = graph.with_suffix(".calibration.cache").name
@@ -150,11 +149,18 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
     return done
 
 
+def _calibration_windows(calibration, tissues, part: str) -> np.ndarray:
+    """The calibration set's ``part`` windows of every scale group holding one of ``tissues``."""
+    from omniseg_rt.calibration.sampling import load_windows
+
+    groups = [g.name for g in SCALE_GROUPS if any(t in g.task_ids for t in tissues)]
+    return np.concatenate([load_windows(calibration, g, part) for g in groups])
+
+
 def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify, calibration=None) -> dict:
     """Run the candidate and the fp32 reference (ONNX Runtime CPU) on real windows (the
     calibration set's held-out part, else the bundled sample slide); raise if it fails."""
     from omniseg_rt.calibration.gate import run_gate
-    from omniseg_rt.calibration.sampling import load_windows
     from omniseg_rt.data import sample_windows
     from omniseg_rt.engines.loader import graph_specs, make_runner
     from omniseg_rt.engines.onnxruntime_backend import OnnxRuntimeRunner
@@ -162,8 +168,7 @@ def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify, c
     results, sources = [], set()
     for spec in graph_specs(manifest):
         if calibration is not None:
-            groups = [spec.scale_group] if spec.scale_group else ["5x", "10x", "40x"]
-            windows = np.concatenate([load_windows(calibration, g, "holdout") for g in groups])
+            windows = _calibration_windows(calibration, spec.tissues, "holdout")
             sources.add("held-out calibration windows")
         else:
             windows = sample_windows(GATE_WINDOWS, manifest["window"])
