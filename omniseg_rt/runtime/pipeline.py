@@ -96,7 +96,8 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         if not plans:
             raise InvalidInputError(f"{path}: no scale group can run on this slide ({g.mpp:.3g} um/px); "
                                     "pass --mpp if the slide's pixel size is wrong")
-        key = {"slide": str(Path(path).resolve()), "slide_bytes": _size(path), "engine": _engine_id(engine),
+        engine_id = _engine_id(engine)
+        key = {"slide": str(Path(path).resolve()), "slide_bytes": _size(path), "engine": engine_id,
                "settings": settings.key()}
         slide_dir.mkdir(parents=True, exist_ok=True)
         (slide_dir / "manifest.json").unlink(missing_ok=True)  # redoing (--force): not complete until done
@@ -129,7 +130,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         "format": MANIFEST_FORMAT, "status": "complete", "slide": name, "source": str(path),
         "geometry": {"l0_size": g.l0_size, "mpp": g.mpp, "mpp_source": g.mpp_source, "vendor": g.vendor,
                      "levels": len(g.level_sizes)},
-        "versions": _versions(), "engine": _engine_id(engine), "settings": settings.as_dict(),
+        "versions": _versions(), "engine": engine_id, "settings": settings.as_dict(),
         "groups": [{"group": p.group, "tissues": list(t), "mpp": p.mpp, "canvas": p.canvas, "window": p.window,
                     "overlap": p.overlap, "windows": p.windows, "cells": p.cells_total} for p, t in plans],
         "windows": windows, "resumed": store.resumed, "seconds": {k: round(v, 3) for k, v in seconds.items()},
