@@ -69,27 +69,32 @@ def calibrate(
                                 "tiles_per_group": tiles_per_group, "holdout_fraction": HOLDOUT_FRACTION,
                                 "sources": [_describe(p) for p in [*slides, *patch_dirs]], "groups": {},
                                 "versions": {"omniseg_rt": __version__}}
-    for group in SCALE_GROUPS:
-        notify(f"sampling {tiles_per_group} windows for the {group.name} group")
-        candidates = [*_slide_candidates(slides, group, window, mpp), *_patch_candidates(patch_dirs, group, window)]
-        if not candidates:
-            log.warning("no calibration windows for the %s group", group.name)
-            continue
-        picks = _spread(candidates, tiles_per_group, rng)
-        images = np.stack([read() for _, read in picks])
-        origins = [origin for origin, _ in picks]
-        held = max(1, round(len(picks) * HOLDOUT_FRACTION))
-        order = rng.permutation(len(picks))
-        parts = {"calibration": np.sort(order[held:]), "holdout": np.sort(order[:held])}
-        entry = {"windows": len(picks)}
-        for part, index in parts.items():
-            name = f"{group.name}.npz" if part == "calibration" else f"{group.name}.holdout.npz"
-            tmp = out / f".{name}.tmp.npz"
-            np.savez_compressed(tmp, **{INPUT_NAME: images[index]})
-            os.replace(tmp, out / name)
-            entry[part] = {"file": name, "count": int(len(index)), "sha256": sha256_file(out / name),
-                           "origins": [origins[i] for i in index]}
-        manifest["groups"][group.name] = entry
+    opened = _open_slides(slides, mpp)
+    try:
+        for group in SCALE_GROUPS:
+            notify(f"sampling {tiles_per_group} windows for the {group.name} group")
+            candidates = [*_slide_candidates(opened, group, window), *_patch_candidates(patch_dirs, group, window)]
+            if not candidates:
+                log.warning("no calibration windows for the %s group", group.name)
+                continue
+            picks = _spread(candidates, tiles_per_group, rng)
+            images = np.stack([read() for _, read in picks])
+            origins = [origin for origin, _ in picks]
+            held = max(1, round(len(picks) * HOLDOUT_FRACTION))
+            order = rng.permutation(len(picks))
+            parts = {"calibration": np.sort(order[held:]), "holdout": np.sort(order[:held])}
+            entry = {"windows": len(picks)}
+            for part, index in parts.items():
+                name = f"{group.name}.npz" if part == "calibration" else f"{group.name}.holdout.npz"
+                tmp = out / f".{name}.tmp.npz"
+                np.savez_compressed(tmp, **{INPUT_NAME: images[index]})
+                os.replace(tmp, out / name)
+                entry[part] = {"file": name, "count": int(len(index)), "sha256": sha256_file(out / name),
+                               "origins": [origins[i] for i in index]}
+            manifest["groups"][group.name] = entry
+    finally:
+        for _, reader, _, _ in opened:
+            reader.close()
     if not manifest["groups"]:
         raise InvalidInputError("no calibration windows found: give slides with tissue or Omni-Seg patch folders")
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -122,13 +127,12 @@ def _describe(path: Path) -> dict:
             "sha256": sha256_file(path) if path.is_file() else None}
 
 
-def _slide_candidates(slides: list[Path], group: ScaleGroup, window: int, mpp: float | None):
-    """Per slide: (origin description, reader of that window) for every tissue window."""
-    from omniseg_rt.runtime.plan import plan_group, too_coarse
-    from omniseg_rt.runtime.readers import read_window
+def _open_slides(slides: list[Path], mpp: float | None) -> list[tuple]:
+    """(path, reader, tissue mask, its um/px) per slide: each opened and its tissue found once."""
     from omniseg_rt.slide import MissingPixelSizeError, detect_tissue, open_slide
     from omniseg_rt.slide.tissue import TISSUE_MPP
 
+    opened = []
     for path in slides:
         try:
             reader = open_slide(path)
@@ -136,11 +140,20 @@ def _slide_candidates(slides: list[Path], group: ScaleGroup, window: int, mpp: f
             if mpp is None:
                 raise
             reader = open_slide(path, mpp)  # --mpp: for the slides that state no pixel size
+        tissue_mpp = max(TISSUE_MPP, reader.geometry.mpp)
+        opened.append((path, reader, detect_tissue(reader.thumbnail(tissue_mpp), tissue_mpp), tissue_mpp))
+    return opened
+
+
+def _slide_candidates(opened: list[tuple], group: ScaleGroup, window: int):
+    """Per slide: (origin description, reader of that window) for every tissue window."""
+    from omniseg_rt.runtime.plan import plan_group, too_coarse
+    from omniseg_rt.runtime.readers import read_window
+
+    for path, reader, tissue, tissue_mpp in opened:
         g = reader.geometry
         if too_coarse(group.nominal_mpp, g.mpp):
             continue
-        tissue_mpp = max(TISSUE_MPP, g.mpp)
-        tissue = detect_tissue(reader.thumbnail(tissue_mpp), tissue_mpp)
         plan = plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, window, 0,
                           tissue, tissue_mpp)
         yield [({"source": str(path), "l0_xy": list(s.l0_xy), "level": s.level, "mpp": group.nominal_mpp},
