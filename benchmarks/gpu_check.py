@@ -1,7 +1,8 @@
 """One command for a machine with an NVIDIA GPU: TensorRT engines checked and timed.
 
 1. builds the CPU fp32 reference engine (ONNX Runtime, all tissues);
-2. builds a TensorRT fp16 engine (and int8 when --calibration is given) with the gpu profile;
+2. builds TensorRT fp16 engines, without and with CUDA graphs (and int8 when --calibration is
+   given) with the gpu profiles;
 3. checks each against the reference on real windows: per-tissue Dice agreement, max |diff|;
 4. times TensorRT against the torch backend on CUDA in fp32 and fp16.
 
@@ -38,18 +39,20 @@ def main() -> None:
     if not gpus:
         raise SystemExit("no NVIDIA GPU found (nvidia-smi): this check needs one")
     windows = real_windows(args.batch, args.window)
-    builds = [("onnxruntime", "fp32", "cpu"), ("tensorrt", "fp16", None), ("torch", "fp32", "cuda"),
-              ("torch", "fp16", "cuda")]
+    # (backend, precision, device, CUDA graphs)
+    builds = [("onnxruntime", "fp32", "cpu", None), ("tensorrt", "fp16", None, False), ("tensorrt", "fp16", None, True),
+              ("torch", "fp32", "cuda", None), ("torch", "fp16", "cuda", None)]
     if args.calibration:
-        builds.append(("tensorrt", "int8", None))
+        builds.append(("tensorrt", "int8", None, False))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         reference = None
-        for backend, precision, device in builds:
+        for backend, precision, device, graphs in builds:
+            name = f"{backend}-{precision}" + ("-graphs" if graphs else "")
             path, manifest = build_engine(
                 args.checkpoint, backend=backend, precision=precision, tissues="all", window=args.window,
-                device=device, profile="gpu-int8" if precision == "int8" else None,
-                calibration=args.calibration if precision == "int8" else None, out=Path(tmp) / f"{backend}-{precision}",
+                device=device, profile=f"gpu-{precision}" if backend == "tensorrt" else None, cuda_graphs=graphs,
+                calibration=args.calibration if precision == "int8" else None, out=Path(tmp) / name,
             )
             with open_engine(path) as engine:
                 out = engine.infer(windows)
@@ -58,7 +61,7 @@ def main() -> None:
             if reference is None:
                 reference = out
             agreement = compare_margins(tissues, reference, out)
-            rows.append({"backend": backend, "precision": precision, "device": device or "cuda",
+            rows.append({"backend": backend, "precision": precision, "device": device or "cuda", "cuda_graphs": graphs,
                          "seconds_per_batch": seconds, "windows_per_second": args.batch / seconds,
                          "min_dice_vs_cpu_fp32": min(r["dice"] for r in agreement),
                          "max_abs_vs_cpu_fp32": max(r["max_abs"] for r in agreement), "agreement": agreement})
@@ -67,7 +70,8 @@ def main() -> None:
     for column in ("engine", "windows/s", "min Dice vs CPU fp32", "max |diff|"):
         table.add_column(column)
     for r in rows:
-        table.add_row(f"{r['backend']} {r['precision']} ({r['device']})", f"{r['windows_per_second']:.1f}",
+        graphs = " + CUDA graphs" if r["cuda_graphs"] else ""
+        table.add_row(f"{r['backend']} {r['precision']}{graphs} ({r['device']})", f"{r['windows_per_second']:.1f}",
                       f"{r['min_dice_vs_cpu_fp32']:.4f}", f"{r['max_abs_vs_cpu_fp32']:.3g}")
     Console().print(table)
     print(f"wrote {write_result('gpu_check', {'gpu': gpus[0], 'environment': environment(), 'rows': rows})}")

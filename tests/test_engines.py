@@ -128,6 +128,9 @@ def test_rebuild_replaces_only_when_complete(ort_all, workspace):
         build_engine(UPSTREAM["midl"], backend="openvino", precision="fp16", out=ort_all)
     assert (ort_all / "manifest.json").read_text() == before
     assert not [p for p in workspace.iterdir() if p.name.startswith(".ort-all")]
+    with pytest.raises(InvalidInputError, match="CUDA graphs are a TensorRT runtime option"):
+        build_engine(UPSTREAM["midl"], backend="onnxruntime", cuda_graphs=True, out=ort_all)
+    assert (ort_all / "manifest.json").read_text() == before
 
 
 def test_bf16_on_this_cpu():

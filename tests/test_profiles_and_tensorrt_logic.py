@@ -9,6 +9,7 @@ import pytest
 from omniseg_rt.engines import registry
 from omniseg_rt.engines.profiles import SHIPPED, load_profile, parse_profile
 from omniseg_rt.engines.tensorrt_logic import (
+    ShapeGraphs,
     build_plan,
     cache_key,
     compatibility_problems,
@@ -27,6 +28,7 @@ def test_shipped_profiles_are_valid():
     orin = load_profile("jetson-orin-fp16")
     assert (orin.backend, orin.precision, orin.batch_max, orin.workspace_mb) == ("tensorrt", "fp16", 4, 1024)
     assert load_profile(SHIPPED / "cpu.toml").backend == "openvino"
+    assert orin.cuda_graphs and not load_profile("gpu-fp16").cuda_graphs
 
 
 @pytest.mark.parametrize("text, words", [
@@ -35,6 +37,7 @@ def test_shipped_profiles_are_valid():
     ('[batch]\nmin = 4\nopt = 2\nmax = 8\n', "batch range"),
     ("window = 500\n", "window 500"),
     ("backend = \n", "not valid TOML"),
+    ('cuda_graphs = "yes"\n', "cuda_graphs 'yes'"),
 ])
 def test_bad_profiles(text, words):
     with pytest.raises(InvalidInputError, match=words.replace("[", r"\[").replace("]", r"\]")):
@@ -97,3 +100,44 @@ def test_tensorrt_backend_imports():
     from omniseg_rt.engines import tensorrt_backend
 
     assert "tensorrt" in tensorrt_backend.versions()
+
+
+class _Recorder:
+    """Plain callables standing in for enqueue / capture / replay, recording what ShapeGraphs asked."""
+
+    def __init__(self, fail_capture: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_capture = fail_capture
+
+    def execute(self) -> None:
+        self.calls.append("execute")
+
+    def capture(self):
+        self.calls.append("capture")
+        if self.fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return f"graph{len(self.calls)}"
+
+    def replay(self, graph) -> None:
+        self.calls.append(f"replay {graph}")
+
+
+def test_cuda_graph_per_batch_size():
+    graphs, rec = ShapeGraphs(enabled=True), _Recorder()
+    outcomes = [graphs.enqueue(n, rec.execute, rec.capture, rec.replay) for n in (8, 8, 3, 8, 3)]
+    # each size: one normal enqueue (TensorRT's required run after a shape change), a capture, then replays
+    assert outcomes == ["captured", "replayed", "captured", "replayed", "replayed"]
+    assert rec.calls == ["execute", "capture", "replay graph2", "execute", "capture", "replay graph2",
+                         "replay graph5"]
+    assert sorted(graphs.graphs) == [3, 8]
+
+
+def test_cuda_graph_capture_failure_falls_back(caplog):
+    graphs, rec = ShapeGraphs(enabled=True), _Recorder(fail_capture=True)
+    outcomes = [graphs.enqueue(n, rec.execute, rec.capture, rec.replay) for n in (4, 4, 2)]
+    assert outcomes == ["executed", "executed", "executed"]
+    assert rec.calls == ["execute", "capture", "execute", "execute"]  # one try, then never again
+    assert "running without CUDA graphs" in caplog.text and not graphs.enabled
+    off, rec = ShapeGraphs(enabled=False), _Recorder()
+    assert [off.enqueue(4, rec.execute, rec.capture, rec.replay) for _ in range(2)] == ["executed"] * 2
+    assert rec.calls == ["execute", "execute"]

@@ -29,6 +29,8 @@ def build(
     int8_tool: Annotated[str, typer.Option(help="int8 quantizer: onnxruntime or nncf (pip install nncf).")] = (
         "onnxruntime"),
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
+    cuda_graphs: Annotated[Optional[bool], typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="TensorRT: replay a CUDA graph per batch size (default: profile).")] = None,
 ) -> None:
     """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
     from omniseg_rt.engines.build import AccuracyGateError, build_engine
@@ -39,6 +41,7 @@ def build(
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
                                           calibration_method=calibration_method, int8_tool=int8_tool,
+                                          cuda_graphs=cuda_graphs,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")

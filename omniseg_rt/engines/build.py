@@ -206,6 +206,7 @@ def build_engine(
     min_dice: float = DEFAULT_MIN_DICE,
     calibration_method: str = "minmax",
     int8_tool: str = "onnxruntime",
+    cuda_graphs: bool | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build an engine directory for this machine; returns (path, manifest).
@@ -227,12 +228,14 @@ def build_engine(
     if not 0.0 < min_dice <= 1.0:
         raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
     settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
-                                device=device)
+                                device=device, cuda_graphs=cuda_graphs)
     chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
     chosen_device = _resolve_device(chosen_backend, settings.device)
     chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
                         if settings.precision == "auto" else settings.precision)
     _check_backend(chosen_backend, chosen_precision, chosen_device, source)
+    if settings.cuda_graphs and chosen_backend != "tensorrt":
+        raise InvalidInputError(f"CUDA graphs are a TensorRT runtime option; this build's backend is {chosen_backend}")
     if chosen_precision == "int8" and calibration is None:
         raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
                                 "--out calibration/NAME, then build --calibration calibration/NAME")

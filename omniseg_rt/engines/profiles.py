@@ -26,7 +26,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 @dataclass(frozen=True)
 class Profile:
-    """Build settings. ``threads`` 0 = every core this process may use; ``workspace_mb`` 0 = default."""
+    """Build settings. ``threads`` 0 = every core this process may use; ``workspace_mb`` 0 = default;
+    ``cuda_graphs``: TensorRT engines capture and replay a CUDA graph per batch size."""
 
     name: str = "default"
     backend: str = "auto"
@@ -38,6 +39,7 @@ class Profile:
     workspace_mb: int = 0
     threads: int = 0
     device: str = "auto"
+    cuda_graphs: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,8 @@ def validate(profile: Profile, source: str = "profile") -> Profile:
     if not 1 <= profile.batch_min <= profile.batch_opt <= profile.batch_max:
         problems.append(f"batch range {profile.batch_min}/{profile.batch_opt}/{profile.batch_max} "
                         "(need 1 <= min <= opt <= max)")
+    if not isinstance(profile.cuda_graphs, bool):
+        problems.append(f"cuda_graphs {profile.cuda_graphs!r} (true or false)")
     if profile.threads < 0 or profile.workspace_mb < 0:
         problems.append("threads and workspace_mb must be >= 0")
     if problems:

@@ -11,7 +11,9 @@ precision + GPU + compute capability + TensorRT version + profile.
 
 Run: per runner two slots, each with its own execution context, CUDA stream, page-locked host
 buffers and device buffers sized for the profile's max batch; ``submit`` copies batch k+1 in on
-one stream while batch k computes on the other; ``execute_async_v3`` with tensor addresses.
+one stream while batch k computes on the other; ``execute_async_v3`` with tensor addresses set
+once per slot (the buffers never move). With ``cuda_graphs`` in the profile, each slot captures a
+CUDA graph per batch size it meets (full batches and the last, partial one) and replays it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from omniseg_rt._optional import require
 from omniseg_rt.engines.base import GraphSpec, InFlightRunner
 from omniseg_rt.engines.hardware import nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command
-from omniseg_rt.engines.tensorrt_logic import build_plan, cache_key, compatibility_problems, profile_shapes
+from omniseg_rt.engines.tensorrt_logic import (
+    ShapeGraphs,
+    build_plan,
+    cache_key,
+    compatibility_problems,
+    profile_shapes,
+)
 from omniseg_rt.errors import InvalidInputError, MissingDependencyError
 from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME
 
@@ -123,21 +131,43 @@ def build_plans(staging: Path, manifest: dict, settings, notify) -> dict[str, An
         shutil.copy2(cached, plan_path)
         graph["plan"] = f"plans/{plan_path.name}"
         graph["cache_key"] = key
-    return {"tensorrt": {"version": trt.__version__, **gpu, "profile": profile}}
+    return {"tensorrt": {"version": trt.__version__, **gpu, "profile": profile, "cuda_graphs": settings.cuda_graphs}}
 
 
 class _Slot:
-    """One in-flight batch: execution context, stream, page-locked and device buffers."""
+    """One in-flight batch: execution context, stream, page-locked and device buffers, CUDA graphs."""
 
-    def __init__(self, engine, cuda, max_batch: int, window: int, tasks: int) -> None:
+    def __init__(self, engine, cuda, max_batch: int, window: int, tasks: int, cuda_graphs: bool) -> None:
         self.context = engine.create_execution_context()
         self.stream = cuda.Stream()
         self.host_in = cuda.pagelocked_empty((max_batch, 3, window, window), np.uint8)
         self.host_out = cuda.pagelocked_empty((max_batch, tasks, window, window), np.float32)
         self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
         self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
+        self.context.set_tensor_address(INPUT_NAME, int(self.dev_in))
+        self.context.set_tensor_address(OUTPUT_NAME, int(self.dev_out))
+        self.graphs = ShapeGraphs(cuda_graphs)
         self.done = cuda.Event()
         self.batch = 0
+        self.shape: tuple[int, ...] = ()
+
+    def set_shape(self, shape: tuple[int, ...]) -> None:
+        if shape != self.shape:
+            self.context.set_input_shape(INPUT_NAME, shape)
+            self.shape = shape
+
+    def execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def capture(self):
+        """A CUDA graph of one enqueue at the current shape (TensorRT has just run it once)."""
+        self.stream.begin_capture()
+        try:
+            self.execute()
+        finally:
+            graph = self.stream.end_capture()
+        return graph.instantiate()
 
 
 class TensorRTRunner(InFlightRunner):
@@ -162,7 +192,8 @@ class TensorRTRunner(InFlightRunner):
                                     f"rebuild with: {rebuild_command(manifest)}")
         self.max_batch = built["profile"]["batch"][2]
         self.window = built["profile"]["window"]
-        self._init_slots([_Slot(self.engine, cuda, self.max_batch, self.window, len(spec.tissues))
+        cuda_graphs = bool(built.get("cuda_graphs", False))
+        self._init_slots([_Slot(self.engine, cuda, self.max_batch, self.window, len(spec.tissues), cuda_graphs)
                           for _ in range(SLOTS)])
 
     def _launch(self, slot: _Slot, images: np.ndarray) -> None:
@@ -173,11 +204,8 @@ class TensorRTRunner(InFlightRunner):
         slot.batch = n
         slot.host_in[:n] = images
         cuda.memcpy_htod_async(slot.dev_in, slot.host_in[:n], slot.stream)
-        slot.context.set_input_shape(INPUT_NAME, images.shape)
-        slot.context.set_tensor_address(INPUT_NAME, int(slot.dev_in))
-        slot.context.set_tensor_address(OUTPUT_NAME, int(slot.dev_out))
-        if not slot.context.execute_async_v3(slot.stream.handle):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+        slot.set_shape(images.shape)
+        slot.graphs.enqueue(n, slot.execute, slot.capture, lambda graph: graph.launch(slot.stream))
         cuda.memcpy_dtoh_async(slot.host_out[:n], slot.dev_out, slot.stream)
         slot.done.record(slot.stream)
 

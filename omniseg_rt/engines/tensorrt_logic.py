@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from omniseg_rt.errors import InvalidInputError
 
 MIN_VERSION = (10, 3)
+
+log = logging.getLogger(__name__)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -90,3 +94,36 @@ def compatibility_problems(built: dict, gpu_name: str, compute_capability: str, 
         problems.append(f"built on {built.get('gpu')}, this GPU is {gpu_name} (same architecture: may work, "
                         "but TensorRT tunes tactics per GPU model)")
     return problems
+
+
+class ShapeGraphs:
+    """CUDA graphs of one execution context, one per batch size actually used.
+
+    The first batch of a size runs normally (the enqueue TensorRT needs after a shape change before
+    a capture) and then its graph is captured; later batches of that size replay it. A capture that
+    fails (a graph TensorRT cannot capture, an old driver) turns graphs off for this context, with
+    one warning, and every batch runs normally from then on: nothing is lost but launch overhead.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.graphs: dict[int, Any] = {}
+
+    def enqueue(self, batch: int, execute: Callable[[], None], capture: Callable[[], Any],
+                replay: Callable[[Any], None]) -> str:
+        """Enqueue one batch of ``batch`` windows; returns "replayed", "captured" or "executed"."""
+        graph = self.graphs.get(batch)
+        if graph is not None:
+            replay(graph)
+            return "replayed"
+        execute()
+        if not self.enabled:
+            return "executed"
+        try:
+            self.graphs[batch] = capture()
+        except Exception as exc:  # noqa: BLE001 -- any capture failure: run without graphs
+            log.warning("CUDA graph capture failed for batch %d (%s); running without CUDA graphs", batch, exc)
+            self.enabled = False
+            self.graphs.clear()
+            return "executed"
+        return "captured"
