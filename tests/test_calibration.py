@@ -84,6 +84,19 @@ def test_a_broken_calibration_set_fails_the_gate_and_writes_nothing(calibration,
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_slide_without_pixel_size_stops_calibration_and_closes_the_others(tmp_path, monkeypatch):
+    from omniseg_rt.slide import MissingPixelSizeError
+    from omniseg_rt.slide.reader import SlideReader
+
+    closed = []
+    real_close = SlideReader.close
+    monkeypatch.setattr(SlideReader, "close", lambda self: (closed.append(self), real_close(self))[1])
+    with pytest.raises(MissingPixelSizeError, match="tcga-cr-7395"):
+        calibrate([SLIDES], tmp_path / "set", tiles_per_group=2, window=256)
+    assert len(closed) == 2, "the two slides opened before the failing one were not closed"
+    assert not (tmp_path / "set" / "manifest.json").exists()
+
+
 def test_int8_needs_a_calibration_set(tmp_path):
     with pytest.raises(InvalidInputError, match="omniseg-rt calibrate"):
         build_engine(None, precision="int8", out=tmp_path / "x")

@@ -133,15 +133,24 @@ def _open_slides(slides: list[Path], mpp: float | None) -> list[tuple]:
     from omniseg_rt.slide.tissue import TISSUE_MPP
 
     opened = []
-    for path in slides:
-        try:
-            reader = open_slide(path)
-        except MissingPixelSizeError:
-            if mpp is None:
+    try:
+        for path in slides:
+            try:
+                reader = open_slide(path)
+            except MissingPixelSizeError:
+                if mpp is None:
+                    raise
+                reader = open_slide(path, mpp)  # --mpp: for the slides that state no pixel size
+            try:
+                tissue_mpp = max(TISSUE_MPP, reader.geometry.mpp)
+                opened.append((path, reader, detect_tissue(reader.thumbnail(tissue_mpp), tissue_mpp), tissue_mpp))
+            except BaseException:
+                reader.close()
                 raise
-            reader = open_slide(path, mpp)  # --mpp: for the slides that state no pixel size
-        tissue_mpp = max(TISSUE_MPP, reader.geometry.mpp)
-        opened.append((path, reader, detect_tissue(reader.thumbnail(tissue_mpp), tissue_mpp), tissue_mpp))
+    except BaseException:  # a slide that fails to open or read: close the ones already open
+        for _, reader, _, _ in opened:
+            reader.close()
+        raise
     return opened
 
 

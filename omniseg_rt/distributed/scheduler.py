@@ -16,7 +16,7 @@ from omniseg_rt.distributed.cluster import connect
 from omniseg_rt.distributed.worker import SlideWorker
 from omniseg_rt.engines import open_engine
 from omniseg_rt.runtime.pipeline import SlideResult
-from omniseg_rt.runtime.segment import default_engine_path, make_settings, record
+from omniseg_rt.runtime.segment import make_settings, open_default_engine, record
 from omniseg_rt.slide import find_slides, slide_name
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ def segment_on_ray(
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    engine_dir = Path(engine) if engine is not None else default_engine_path(notify)
-    with open_engine(engine_dir) as probe:  # settings are checked here, before the cluster starts
+    # settings are checked here, before the cluster starts
+    with open_engine(engine) if engine is not None else open_default_engine(notify) as probe:
+        engine_dir = Path(probe.path)
         settings = make_settings(probe.manifest, **options)
     out_root = Path(out).resolve()
     out_root.mkdir(parents=True, exist_ok=True)

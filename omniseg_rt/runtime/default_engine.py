@@ -9,8 +9,12 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omniseg_rt.errors import OmnisegError
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +26,8 @@ def cache_dir() -> Path:
     return Path(base) / "omniseg-rt"
 
 
-def default_engine(on_progress: Callable[[str], None] | None = None) -> Path:
-    """Path of the cached demo-model CPU engine, building it the first time (a minute)."""
+def open_default_engine(on_progress: Callable[[str], None] | None = None) -> Engine:
+    """The cached demo-model CPU engine, opened; built the first time (a minute)."""
     from omniseg_rt.data import demo_graph
     from omniseg_rt.engines import build_engine, open_engine
     from omniseg_rt.fileutil import sha256_file
@@ -32,10 +36,9 @@ def default_engine(on_progress: Callable[[str], None] | None = None) -> Path:
     folder = cache_dir() / "engines" / f"demo-{sha256_file(model)[:12]}-cpu"
     if (folder / "manifest.json").is_file():
         try:
-            open_engine(folder).close()
-            return folder
+            return open_engine(folder)
         except OmnisegError as exc:  # e.g. another OpenVINO version: build again
             log.warning("cached engine %s is not usable here (%s); building it again", folder, exc)
     log.info("building the demo model's CPU engine once, into %s", folder)
     path, _ = build_engine(model, backend="openvino", out=folder, on_progress=on_progress, device="cpu")
-    return path
+    return open_engine(path)

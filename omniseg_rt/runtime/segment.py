@@ -52,8 +52,9 @@ def segment(
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
     own = not isinstance(engine, Engine)
     if engine is None:
-        engine = default_engine_path(notify)
-    handle = open_engine(engine) if own else engine
+        handle = open_default_engine(notify)
+    else:
+        handle = open_engine(engine) if own else engine
     try:
         settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
                                  readers=readers, window=window, group_mpp=group_mpp, resume=resume, force=force)
@@ -76,10 +77,10 @@ def segment(
             handle.close()
 
 
-def default_engine_path(notify: Callable[[dict], None]) -> Path:
-    from omniseg_rt.runtime.default_engine import default_engine
+def open_default_engine(notify: Callable[[dict], None]) -> Engine:
+    from omniseg_rt.runtime import default_engine
 
-    return default_engine(lambda message: notify({"event": "build", "message": message}))
+    return default_engine.open_default_engine(lambda message: notify({"event": "build", "message": message}))
 
 
 def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None, batch=None, readers=2,
