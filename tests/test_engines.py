@@ -102,6 +102,8 @@ def test_manifest_records_the_build(ov_groups):
     assert manifest["source"]["kind"] == "checkpoint" and manifest["family"] == "scale"
     assert "openvino" in manifest["versions"] and manifest["built_on"]["cpu"]["name"]
     assert manifest["accuracy_gate"] is None and manifest["build_seconds"] > 0
+    # OpenVINO runs the GroupNorms in the reshape-free form (graph_rewrites); parity is checked above
+    assert all(g["rewrites"]["group_norm_without_reshape"] > 0 for g in manifest["graphs"])
 
 
 def test_tampered_and_missing_files_are_named(ort_all, tmp_path):

@@ -149,6 +149,19 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
     return done
 
 
+def _rewrite_for_openvino(graphs: list[Path], notify) -> None:
+    """The OpenVINO form of each graph (``graph_rewrites``: same function, no layout reorders),
+    recorded in its sidecar under ``rewrites``."""
+    from omniseg_rt.engines.graph_rewrites import rewrite_for_openvino
+
+    for graph in graphs:
+        meta = read_manifest(graph)
+        notify(f"rewriting {meta['name']} for OpenVINO")
+        done = rewrite_for_openvino(graph)
+        write_manifest(graph, {**{k: v for k, v in meta.items() if k not in ("graph_file", "graph_sha256")},
+                               "rewrites": done})
+
+
 def _calibration_windows(calibration, tissues, part: str) -> np.ndarray:
     """The calibration set's ``part`` windows of every scale group holding one of ``tissues``."""
     from omniseg_rt.calibration.sampling import load_windows
@@ -254,10 +267,13 @@ def build_engine(
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
         reduced = _reduced_precision_graphs(graphs, chosen_precision, chosen_backend, calibration,
                                             calibration_method, int8_tool, staging, notify)
+        if chosen_backend == "openvino":
+            _rewrite_for_openvino(graphs, notify)
         metas = [read_manifest(graph) for graph in graphs]
         graph_entries = [
             {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
-             "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"]}
+             "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
+             **({"rewrites": meta["rewrites"]} if "rewrites" in meta else {})}
             for graph, meta in zip(graphs, metas)
         ]
         if chosen_backend == "torch":
