@@ -3,8 +3,10 @@
 Calibrates on the shared slides and patches (``--tiles-per-group`` windows of 512 per scale
 group, a quarter held out), builds engines from the bundled all-tissue graph -- ONNX Runtime
 fp32 (the baseline), OpenVINO fp32, OpenVINO int8 (Q/DQ), ONNX Runtime int8, OpenVINO bf16 where
-native; INT8 graphs quantized with ONNX Runtime and with NNCF -- times each on the same real windows, and scores each against ONNX Runtime fp32 on the
-held-out windows (per-tissue Dice agreement of the masks, max |diff|). Also: FP16 graph parity.
+native; INT8 graphs quantized with ONNX Runtime and with NNCF; OpenVINO fp32 and int8 also with
+the exported GroupNorm (``--no-graph-rewrites``) -- scores each against ONNX Runtime fp32 on the
+held-out windows (per-tissue Dice agreement of the masks, max |diff|), then times all of them on
+the same real windows round-robin (median of ``--repeats`` rounds). Also: FP16 graph parity.
 
     python benchmarks/bench_precision.py [--threads 2] [--batch 4] [--tiles-per-group 16]
 """
@@ -37,27 +39,44 @@ def main() -> None:
         cal, _ = calibrate([SHARED / "data" / "slides", PATCHES], tmp / "cal", tiles_per_group=args.tiles_per_group,
                            window=args.window, mpp=0.5)
         held = np.concatenate([load_windows(cal, g, "holdout") for g in ("5x", "10x", "40x")])
-        builds = [("onnxruntime", "fp32", None), ("openvino", "fp32", None), ("openvino", "int8", "onnxruntime"),
-                  ("openvino", "int8", "nncf"), ("onnxruntime", "int8", "onnxruntime")]
+        # (backend, precision, int8 tool, OpenVINO graph rewrites); rows 2-3 against 4-5 measure the rewrite
+        builds = [("onnxruntime", "fp32", None, True), ("openvino", "fp32", None, True),
+                  ("openvino", "fp32", None, False), ("openvino", "int8", "onnxruntime", True),
+                  ("openvino", "int8", "onnxruntime", False), ("openvino", "int8", "nncf", True),
+                  ("onnxruntime", "int8", "onnxruntime", True)]
         if native_bf16():
-            builds.append(("openvino", "bf16", None))
-        reference = None
-        for backend, precision, tool in builds:
-            path, manifest = build_engine(DEMO_GRAPH, backend=backend, precision=precision,
-                                          out=tmp / f"{backend}-{precision}-{tool}", int8_tool=tool or "onnxruntime",
-                                          calibration=cal if precision == "int8" else None, window=args.window,
-                                          threads=args.threads, force=True)
-            with open_engine(path, threads=args.threads) as engine:
-                engine.infer(windows)
-                seconds, _ = median_seconds(lambda: engine.infer(windows), args.repeats)
+            builds.append(("openvino", "bf16", None, True))
+        engines, reference = [], None
+        try:
+            for backend, precision, tool, rewrites in builds:
+                name = f"{backend}-{precision}-{tool}" + ("" if rewrites else "-exported")
+                path, manifest = build_engine(DEMO_GRAPH, backend=backend, precision=precision, out=tmp / name,
+                                              int8_tool=tool or "onnxruntime", graph_rewrites=rewrites,
+                                              calibration=cal if precision == "int8" else None, window=args.window,
+                                              threads=args.threads, force=True)
+                engine = open_engine(path, threads=args.threads)
+                engines.append(engine)
                 margins = np.concatenate([engine.infer(held[i:i + args.batch]) for i in range(0, len(held), args.batch)])
-                tissues = list(engine.tissues)
-            reference = margins if reference is None else reference
-            agreement = compare_margins(tissues, reference, margins)
-            rows.append({"backend": backend, "precision": precision, "int8_tool": tool, "seconds_per_batch": seconds,
-                         "windows_per_second": args.batch / seconds, "agreement": agreement,
-                         "min_dice": min(r["dice"] for r in agreement), "max_abs": max(r["max_abs"] for r in agreement),
-                         "gate": manifest.get("accuracy_gate")})
+                reference = margins if reference is None else reference
+                agreement = compare_margins(list(engine.tissues), reference, margins)
+                rows.append({"backend": backend, "precision": precision, "int8_tool": tool,
+                             "graph_rewrites": rewrites and backend == "openvino", "agreement": agreement,
+                             "min_dice": min(r["dice"] for r in agreement),
+                             "max_abs": max(r["max_abs"] for r in agreement), "gate": manifest.get("accuracy_gate")})
+            # timed round-robin, one batch per engine per round, so that drift on a shared machine
+            # falls on every engine alike
+            times = [[] for _ in engines]
+            for engine in engines:
+                engine.infer(windows)
+            for _ in range(args.repeats):
+                for engine, samples in zip(engines, times):
+                    samples.append(median_seconds(lambda: engine.infer(windows), 1)[0])
+        finally:
+            for engine in engines:
+                engine.close()
+        for row, samples in zip(rows, times):
+            row.update(seconds_per_batch=float(np.median(samples)), samples=samples,
+                       windows_per_second=args.batch / float(np.median(samples)))
         from omniseg_rt.calibration.fp16 import convert_fp16
         import onnxruntime as ort
 
@@ -72,7 +91,9 @@ def main() -> None:
     for column in ("engine", "windows/s", "x ORT fp32", "min Dice", "max |diff|", "Dice per tissue"):
         table.add_column(column)
     for r in rows:
-        table.add_row(f"{r['backend']} {r['precision']}" + (f" ({r['int8_tool']})" if r["int8_tool"] else ""), f"{r['windows_per_second']:.2f}",
+        label = (f"{r['backend']} {r['precision']}" + (f" ({r['int8_tool']})" if r["int8_tool"] else "")
+                 + (" exported GroupNorm" if r["backend"] == "openvino" and not r["graph_rewrites"] else ""))
+        table.add_row(label, f"{r['windows_per_second']:.2f}",
                       f"{base / r['seconds_per_batch']:.2f}", f"{r['min_dice']:.4f}", f"{r['max_abs']:.3g}",
                       " ".join(f"{a['abbrev']} {a['dice']:.3f}" for a in r["agreement"]))
     console = Console()

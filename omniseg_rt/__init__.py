@@ -4,7 +4,7 @@ Importing the package is cheap: torch, ONNX and the runtimes are imported only b
 that need them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def segment(*args, **kwargs):

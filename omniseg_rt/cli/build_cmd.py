@@ -31,6 +31,8 @@ def build(
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
     cuda_graphs: Annotated[Optional[bool], typer.Option(
         "--cuda-graphs/--no-cuda-graphs", help="TensorRT: replay a CUDA graph per batch size (default: profile).")] = None,
+    graph_rewrites: Annotated[bool, typer.Option(
+        help="OpenVINO: run GroupNorm in its reshape-free form (--no-graph-rewrites: as exported).")] = True,
 ) -> None:
     """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
     from omniseg_rt.engines.build import AccuracyGateError, build_engine
@@ -41,7 +43,7 @@ def build(
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
                                           calibration_method=calibration_method, int8_tool=int8_tool,
-                                          cuda_graphs=cuda_graphs,
+                                          cuda_graphs=cuda_graphs, graph_rewrites=graph_rewrites,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")

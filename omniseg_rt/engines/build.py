@@ -220,12 +220,14 @@ def build_engine(
     calibration_method: str = "minmax",
     int8_tool: str = "onnxruntime",
     cuda_graphs: bool | None = None,
+    graph_rewrites: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Build an engine directory for this machine; returns (path, manifest).
 
     Reduced precision (bf16, fp16, int8) must reach Dice >= ``min_dice`` against fp32 for every
     tissue. ``None`` options come from the profile (default: backend auto, precision auto, window 512).
+    ``graph_rewrites=False`` keeps the exported graphs as they are (see ``graph_rewrites.py``).
     Raises InvalidInputError / MissingFileError before any work for bad arguments, and
     :class:`AccuracyGateError` (nothing written) when reduced precision fails the gate without
     ``force``.
@@ -267,7 +269,7 @@ def build_engine(
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
         reduced = _reduced_precision_graphs(graphs, chosen_precision, chosen_backend, calibration,
                                             calibration_method, int8_tool, staging, notify)
-        if chosen_backend == "openvino":
+        if chosen_backend == "openvino" and graph_rewrites:
             _rewrite_for_openvino(graphs, notify)
         metas = [read_manifest(graph) for graph in graphs]
         graph_entries = [

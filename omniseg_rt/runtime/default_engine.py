@@ -1,7 +1,7 @@
 """The engine ``segment`` uses when given none: the OpenVINO CPU engine of the bundled demo
 model's all-tissue graph (no PyTorch needed), built once and cached under ``$OMNISEG_RT_CACHE``
-(else ``$XDG_CACHE_HOME/omniseg-rt``, else ``~/.cache/omniseg-rt``), keyed by the graph's hash;
-rebuilt when the cached one no longer opens (e.g. after an OpenVINO upgrade)."""
+(else ``$XDG_CACHE_HOME/omniseg-rt``, else ``~/.cache/omniseg-rt``), keyed by the graph's hash and
+omniseg-rt's version; rebuilt when the cached one no longer opens (e.g. after an OpenVINO upgrade)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omniseg_rt import __version__
 from omniseg_rt.errors import OmnisegError
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ def open_default_engine(on_progress: Callable[[str], None] | None = None) -> Eng
     from omniseg_rt.fileutil import sha256_file
 
     model = demo_graph()
-    folder = cache_dir() / "engines" / f"demo-{sha256_file(model)[:12]}-cpu"
+    # keyed by the graph and by the version that builds it (a newer build may make a faster engine)
+    folder = cache_dir() / "engines" / f"demo-{sha256_file(model)[:12]}-cpu-{__version__}"
     if (folder / "manifest.json").is_file():
         try:
             return open_engine(folder)
