@@ -3,7 +3,8 @@
 Rows: the original loop (one full PyTorch pass per tissue: six for all tissues, three for the
 10x group), then engines built with ``omniseg-rt build`` (``--tissues all`` and the 10x group):
 OpenVINO fp32, ONNX Runtime fp32, OpenVINO bf16 (only where the CPU runs bf16 natively), each
-with achieved GFLOP/s against the fp32 / bf16 GEMM ceilings measured in the same run.
+with achieved GFLOP/s against the fp32 / bf16 GEMM ceilings measured in the same run. Everything
+is built first, then timed round-robin (one call of each per round, median of ``--repeats``).
 
     python benchmarks/bench_engines.py [--checkpoint PATH] [--batch 4] [--window 512] [--threads 2]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -36,30 +38,45 @@ def main() -> None:
     def loop(tasks):
         return lambda: [model.forward_tasks(images, [t]) for t in tasks]
 
-    with torch.inference_mode():
-        for name, tasks in (("pytorch six passes (all)", range(6)), ("pytorch three passes (10x)", (0, 1, 4))):
-            loop(tasks)()
-            results[name] = {"seconds": median_seconds(loop(tasks), max(1, args.repeats - 1))[0], "group": name[-5:]}
-
     ceilings = {"fp32": gemm_ceiling("fp32", args.threads)}
     if native_bf16():
         ceilings["bf16"] = gemm_ceiling("bf16", args.threads)
     configs = [("openvino", "fp32", "all"), ("onnxruntime", "fp32", "all"), ("openvino", "fp32", "10x")]
     if native_bf16():
         configs += [("openvino", "bf16", "all"), ("openvino", "bf16", "10x")]
+    runs, engines = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for backend, precision, tissues in configs:
-            path, manifest = build_engine(args.checkpoint, backend=backend, precision=precision, tissues=tissues,
-                                          window=args.window, threads=args.threads,
-                                          out=Path(tmp) / f"{backend}-{precision}-{tissues}")
-            with open_engine(path) as engine:
-                engine.infer(windows)
-                seconds, _ = median_seconds(lambda: engine.infer(windows), args.repeats)
-                gflop = gflop_per_window(engine, args.window)
-            name = f"{backend} {precision} ({tissues})"
-            results[name] = {"seconds": seconds, "group": "(all)" if tissues == "all" else "(10x)",
-                             "achieved_gflops": gflop * args.batch / seconds, "build_seconds": manifest["build_seconds"],
-                             "gate": manifest["accuracy_gate"]}
+        try:
+            for name, tasks in (("pytorch six passes (all)", range(6)), ("pytorch three passes (10x)", (0, 1, 4))):
+                runs[name] = loop(tasks)
+                results[name] = {"group": name[-5:]}
+            for backend, precision, tissues in configs:
+                path, manifest = build_engine(args.checkpoint, backend=backend, precision=precision, tissues=tissues,
+                                              window=args.window, threads=args.threads,
+                                              out=Path(tmp) / f"{backend}-{precision}-{tissues}")
+                engine = open_engine(path)
+                engines.append(engine)
+                name = f"{backend} {precision} ({tissues})"
+                runs[name] = lambda engine=engine: engine.infer(windows)
+                results[name] = {"group": "(all)" if tissues == "all" else "(10x)",
+                                 "gflop_per_window": gflop_per_window(engine, args.window),
+                                 "build_seconds": manifest["build_seconds"], "gate": manifest["accuracy_gate"]}
+            # round-robin: one call of each per round, so that drift on a shared machine falls on all alike
+            samples = {name: [] for name in runs}
+            with torch.inference_mode():
+                for run in runs.values():
+                    run()
+                for _ in range(args.repeats):
+                    for name, run in runs.items():
+                        samples[name].append(median_seconds(run, 1)[0])
+        finally:
+            for engine in engines:
+                engine.close()
+    for name, r in results.items():
+        r["seconds"] = float(np.median(samples[name]))
+        r["samples"] = samples[name]
+        if "gflop_per_window" in r:
+            r["achieved_gflops"] = r.pop("gflop_per_window") * args.batch / r["seconds"]
 
     table = Table(title=f"{args.batch} windows {args.window}x{args.window}, {args.threads} threads "
                         f"({environment().get('cpu', '?')}); GEMM ceilings " +
