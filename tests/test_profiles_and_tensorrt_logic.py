@@ -141,3 +141,18 @@ def test_cuda_graph_capture_failure_falls_back(caplog):
     off, rec = ShapeGraphs(enabled=False), _Recorder()
     assert [off.enqueue(4, rec.execute, rec.capture, rec.replay) for _ in range(2)] == ["executed"] * 2
     assert rec.calls == ["execute", "execute"]
+
+
+def test_rebuild_command_keeps_every_choice():
+    from omniseg_rt.engines.manifest import rebuild_command
+
+    manifest = {"rebuild": {"source": "m.pth", "backend": "tensorrt", "precision": "int8", "tissues": None,
+                            "profile": "jetson-orin-int8", "out": "engines/orin", "calibration": "calibration/lab",
+                            "cuda_graphs": True, "graph_rewrites": True}}
+    assert rebuild_command(manifest) == ("omniseg-rt build m.pth --backend tensorrt --precision int8 "
+                                         "--profile jetson-orin-int8 --calibration calibration/lab "
+                                         "--out engines/orin --cuda-graphs")
+    manifest["rebuild"].update(backend="openvino", cuda_graphs=False, graph_rewrites=False, calibration=None,
+                               profile=None)
+    assert rebuild_command(manifest, precision="fp32") == ("omniseg-rt build m.pth --backend openvino "
+                                                           "--precision fp32 --out engines/orin --no-graph-rewrites")

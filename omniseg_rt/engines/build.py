@@ -297,7 +297,9 @@ def build_engine(
             "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
             "versions": _versions(chosen_backend),
             "rebuild": {"source": str(source), "backend": chosen_backend, "precision": chosen_precision,
-                        "tissues": tissues, "profile": str(profile) if profile else None, "out": str(final)},
+                        "tissues": tissues, "profile": str(profile) if profile else None, "out": str(final),
+                        "calibration": str(calibration) if calibration is not None else None,
+                        "cuda_graphs": settings.cuda_graphs, "graph_rewrites": graph_rewrites},
         }
         if chosen_backend == "tensorrt":
             from omniseg_rt.engines.tensorrt_backend import build_plans

@@ -70,4 +70,8 @@ def rebuild_command(manifest: dict[str, Any], **overrides: str) -> str:
     for option in ("backend", "precision", "tissues", "profile", "calibration", "out"):
         if spec.get(option):
             parts.append(f"--{option} {spec[option]}")
+    if spec.get("cuda_graphs"):
+        parts.append("--cuda-graphs")
+    if spec.get("graph_rewrites") is False:
+        parts.append("--no-graph-rewrites")
     return " ".join(parts)
