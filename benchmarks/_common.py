@@ -50,6 +50,18 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[
     return statistics.median(times), times
 
 
+def round_robin_seconds(runs: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Wall times of each of ``runs``, called once each per round for ``repeats`` rounds after one
+    warm-up round: drift on a shared machine falls on every variant alike."""
+    for run in runs:
+        run()
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, times in zip(runs, samples):
+            times.append(median_seconds(run, 1)[0])
+    return samples
+
+
 def environment() -> dict:
     info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
     try:

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import environment, median_seconds, parser, real_windows, write_result
+from _common import environment, parser, real_windows, round_robin_seconds, write_result
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.bench import gemm_ceiling, gflop_per_window
 from omniseg_rt.engines.hardware import native_bf16
@@ -61,14 +61,8 @@ def main() -> None:
                 results[name] = {"group": "(all)" if tissues == "all" else "(10x)",
                                  "gflop_per_window": gflop_per_window(engine, args.window),
                                  "build_seconds": manifest["build_seconds"], "gate": manifest["accuracy_gate"]}
-            # round-robin: one call of each per round, so that drift on a shared machine falls on all alike
-            samples = {name: [] for name in runs}
             with torch.inference_mode():
-                for run in runs.values():
-                    run()
-                for _ in range(args.repeats):
-                    for name, run in runs.items():
-                        samples[name].append(median_seconds(run, 1)[0])
+                samples = dict(zip(runs, round_robin_seconds(list(runs.values()), args.repeats)))
         finally:
             for engine in engines:
                 engine.close()

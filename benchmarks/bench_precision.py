@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import PATCHES, SHARED, environment, median_seconds, parser, real_windows, write_result
+from _common import PATCHES, SHARED, environment, parser, real_windows, round_robin_seconds, write_result
 from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.calibration.sampling import calibrate, load_windows
 from omniseg_rt.data import DEMO_GRAPH
@@ -63,14 +63,7 @@ def main() -> None:
                              "graph_rewrites": rewrites and backend == "openvino", "agreement": agreement,
                              "min_dice": min(r["dice"] for r in agreement),
                              "max_abs": max(r["max_abs"] for r in agreement), "gate": manifest.get("accuracy_gate")})
-            # timed round-robin, one batch per engine per round, so that drift on a shared machine
-            # falls on every engine alike
-            times = [[] for _ in engines]
-            for engine in engines:
-                engine.infer(windows)
-            for _ in range(args.repeats):
-                for engine, samples in zip(engines, times):
-                    samples.append(median_seconds(lambda: engine.infer(windows), 1)[0])
+            times = round_robin_seconds([lambda e=e: e.infer(windows) for e in engines], args.repeats)
         finally:
             for engine in engines:
                 engine.close()

@@ -71,7 +71,7 @@ def _source_graphs(model: Path, tissues: str | None, window: int, staging: Path,
         target = graphs_dir / f"{graph.manifest['name']}.onnx"
         graph.path.rename(target)
         graph.manifest_path.unlink()
-        write_manifest(target, {k: v for k, v in graph.manifest.items() if k not in ("graph_file", "graph_sha256")})
+        write_manifest(target, graph.manifest)  # graph_file and graph_sha256 are set anew
     return [graphs_dir / f"{g.manifest['name']}.onnx" for g in exported]
 
 
@@ -143,8 +143,7 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
         else:
             notify(f"converting {meta['name']} to FP16")
             info = convert_fp16(reference, graph)
-        write_manifest(graph, {**{k: v for k, v in meta.items() if k not in ("graph_file", "graph_sha256")},
-                               "precision": precision, "reduced_from_fp32": info})
+        write_manifest(graph, {**meta, "precision": precision, "reduced_from_fp32": info})
         done[meta["name"]] = info
     return done
 
@@ -158,8 +157,7 @@ def _rewrite_for_openvino(graphs: list[Path], notify) -> None:
         meta = read_manifest(graph)
         notify(f"rewriting {meta['name']} for OpenVINO")
         done = rewrite_for_openvino(graph)
-        write_manifest(graph, {**{k: v for k, v in meta.items() if k not in ("graph_file", "graph_sha256")},
-                               "rewrites": done})
+        write_manifest(graph, {**meta, "rewrites": done})
 
 
 def _calibration_windows(calibration, tissues, part: str) -> np.ndarray:
