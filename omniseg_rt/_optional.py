@@ -10,7 +10,7 @@ from omniseg_rt.errors import MissingDependencyError
 #: package to import -> the pip extra of omniseg-rt that provides it
 _EXTRA_OF = {
     "torch": "train",
-    "onnx": "export",
+    "onnx": "",
     "onnxsim": "export",
     "onnxruntime": "",
     "openvino": "",

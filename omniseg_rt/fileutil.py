@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +22,65 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def temp_path(target: str | os.PathLike) -> Path:
+    """A hidden temporary name beside ``target``, unique to this call (two processes or threads
+    writing the same target never share one): ``.<name>.<pid>-<random>.tmp``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name made by :func:`temp_path` (or an older ``.<name>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
+    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``; a
+    failure leaves ``path`` as it was and raises :class:`~omniseg_rt.errors.OutputError`
+    naming it."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    tmp = temp_path(target)
+    with io_errors(target):
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free space there or write elsewhere",
+    errno.EROFS: "that file system is read-only: write elsewhere",
+    errno.EACCES: "permission denied: write elsewhere or fix the folder's permissions",
+    errno.EPERM: "permission denied: write elsewhere or fix the folder's permissions",
+}
+
+
+def describe_os_error(path: str | os.PathLike, exc: OSError, doing: str = "write") -> str:
+    """One line naming ``path`` (or the file the error names), what failed and the fix."""
+    where = exc.filename if exc.filename and exc.errno not in (errno.ENOSPC, errno.EDQUOT) else path
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = _FIXES.get(exc.errno)
+    return f"{where}: could not {doing} it ({reason}){'; ' + fix if fix else ''}"
+
+
+@contextmanager
+def io_errors(path: str | os.PathLike, doing: str = "write") -> Iterator[None]:
+    """Turn an ``OSError`` raised inside (disk full, read-only, ...) into an
+    :class:`~omniseg_rt.errors.OutputError` whose message names ``path`` and the fix; errors
+    that already are omniseg-rt errors pass through."""
+    from omniseg_rt.errors import OmnisegError, OutputError
+
+    try:
+        yield
+    except OmnisegError:
+        raise
+    except OSError as exc:
+        error = OutputError(describe_os_error(path, exc, doing))
+        error.errno = exc.errno
+        raise error from exc
 
 
 def read_format_json(path: Path, expected_format: str, what: str, fix: str) -> dict[str, Any]:

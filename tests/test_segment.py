@@ -125,7 +125,7 @@ def test_without_engine_or_torch_the_bundled_graph_is_built_once_and_reused(tmp_
     args = ["segment", str(DICOM), "--mpp", "2.0", "--tissues", "CAP", "--out", str(tmp_path / "out")]
     first = run_cli(*args, block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})
     assert first.returncode == 0, first.stderr
-    [engine_dir] = (env_cache / "engines").iterdir()
+    [engine_dir] = [p for p in (env_cache / "engines").iterdir() if not p.name.startswith(".")]
     built = (engine_dir / "manifest.json").stat().st_mtime_ns
     second = run_cli(*args, "--force", block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})
     assert second.returncode == 0, second.stderr

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from omniseg_rt._optional import require
+from omniseg_rt.fileutil import temp_path
 
 #: Op types kept in float32 in FP16 graphs (on top of ONNX Runtime's default block list).
 FLOAT32_OPS = ("InstanceNormalization", "GlobalAveragePool", "ReduceMean", "MatMul", "Softmax")
@@ -26,7 +27,7 @@ def convert_fp16(graph: Path, out: Path) -> dict:
     model = onnx.load(str(graph))
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FLOAT32_OPS))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temp_path(out)
     onnx.save(converted, str(tmp))
     os.replace(tmp, out)
     kinds = sorted({n.op_type for n in converted.graph.node})

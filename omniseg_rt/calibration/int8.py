@@ -23,6 +23,7 @@ import numpy as np
 from omniseg_rt._optional import require
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.graph_manifest import INPUT_NAME
+from omniseg_rt.fileutil import temp_path
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
@@ -61,7 +62,7 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
         quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
         convs = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node if n.op_type == "Conv"]
         exclude = ([convs[0]] if "first" in keep_float else []) + ([convs[-1]] if "last" in keep_float else [])
-        tmp_out = out.with_name(f".{out.name}.tmp")
+        tmp_out = temp_path(out)
         if tool == "nncf":
             _nncf_quantize(pre, windows, tmp_out, exclude, batch)
             os.replace(tmp_out, out)
@@ -118,7 +119,7 @@ def write_trt_calibration_cache(qdq_graph: Path, path: Path, trt_version: str = 
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
             scale = float(np.asarray(inits[node.input[1]]).reshape(-1)[0])
             lines.append(f"{node.input[0]}: {struct.pack('>f', scale).hex()}")
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
     return len(lines) - 1

@@ -33,11 +33,12 @@ def _root(
 ) -> None:
     """Omni-Seg kidney tissue segmentation: export, build engines, segment whole slides."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    from rich.console import Console
     from rich.logging import RichHandler
 
-    # Logs go to stderr: stdout stays clean for --json output.
-    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    from omniseg_rt.cli.render import err_console
+
+    # Logs go to stderr (the console progress bars use too): stdout stays clean for --json output.
+    handler = RichHandler(console=err_console, show_path=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
 
 

@@ -1,4 +1,5 @@
-"""How commands report domain errors: one line on stderr and exit code 1."""
+"""How commands report errors: one line on stderr; exit code 2 for usage errors (an option value
+that cannot work), 1 for the others."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ from typing import TypeVar
 
 import typer
 
-from omniseg_rt.errors import OmnisegError
+from omniseg_rt.errors import OmnisegError, UsageError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 F = TypeVar("F", bound=Callable)
 
 
 def domain_errors(func: F) -> F:
-    """Turn an :class:`OmnisegError` raised by a command into one stderr line and exit code 1."""
+    """Turn an :class:`OmnisegError` raised by a command into one stderr line and exit code 1
+    (2 for a :class:`UsageError`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,6 +29,6 @@ def domain_errors(func: F) -> F:
         except OmnisegError as exc:
             message = " ".join(str(exc).split())
             sys.stderr.write(f"omniseg-rt: error: {message}\n")
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console()  # stdout: the results (tables, JSON)
+err_console = Console(stderr=True)  # stderr: progress, per-slide lines and logs, so that stdout stays parseable
 
 
 def print_json(obj: Any) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from omniseg_rt.cli.errors import domain_errors
-from omniseg_rt.cli.render import console, print_json, rows_table
+from omniseg_rt.cli.render import console, err_console, print_json, rows_table
+from omniseg_rt.errors import UsageError
 
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def segment(
@@ -27,7 +30,10 @@ def segment(
     batch: Annotated[Optional[int], typer.Option(help="Windows per engine call (default: the engine's).")] = None,
     readers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
-    force: Annotated[bool, typer.Option(help="Redo slides that are already complete.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Redo slides already complete, for exactly this request (outputs it does not list are removed).")] = False,
+    wait: Annotated[bool, typer.Option(
+        help="If another run is writing into --out, wait for it to finish instead of stopping.")] = False,
     ray: Annotated[Optional[str], typer.Option(
         help="Spread slides over Ray: 'local' (a cluster on this machine) or a cluster address.")] = None,
     worker_cpus: Annotated[Optional[int], typer.Option(
@@ -35,12 +41,15 @@ def segment(
     json_out: Annotated[bool, typer.Option("--json", help="Print the per-slide results as JSON.")] = False,
 ) -> None:
     """Segment whole slides for every tissue type at its own magnification."""
+    from omniseg_rt.runtime.segment import check_request
+
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine)
     options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers,
-                   resume=resume, force=force)
+                   resume=resume, force=force, wait=wait)
     if ray is not None:
         options.update(address=ray, worker_cpus=worker_cpus)
     elif worker_cpus is not None:
-        raise typer.BadParameter("--worker-cpus goes with --ray")
+        raise UsageError("--worker-cpus goes with --ray")
     results = _run(slides, quiet=json_out, **options)
     if json_out:
         from dataclasses import asdict
@@ -76,7 +85,7 @@ def _run(slides, quiet: bool = False, **options):
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=quiet) as progress:
+    with Progress(*columns, console=err_console, disable=quiet, transient=True) as progress:
         overall = progress.add_task("slides", total=None, info="")
         current = {"task": None, "start": 0.0, "base": 0}
 
@@ -102,11 +111,20 @@ def _run(slides, quiet: bool = False, **options):
                     progress.remove_task(current["task"])
                     current["task"] = None
                 reason = f": {event['reason']}" if event.get("reason") else ""
-                progress.console.print(f"{event['slide']}: {event['status']}{reason}")
+                style = "red" if event["status"] == "failed" else None
+                progress.console.print(f"{event['slide']}: {event['status']}{reason}", style=style, markup=False,
+                                       highlight=False)
                 if "cluster_windows_per_s" in event:
                     progress.update(overall, info=f"{event['cluster_windows_per_s']:.2f} windows/s across the cluster")
 
-        results = domain_errors(run)(slides, on_progress=show, **options)
+        try:
+            results = run(slides, on_progress=show, **options)
+        except KeyboardInterrupt:
+            progress.stop()
+            out = options.get("out")
+            sys.stderr.write(f"omniseg-rt: interrupted. Slides finished so far are in {out}; run the same command "
+                             "again to resume: it skips them and continues the interrupted slide where it stopped.\n")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         rows = [(r.slide, r.status, r.out or "-", f"{r.seconds.get('total', 0):.1f}" if r.seconds else "-",
                  sum(r.windows.values()) if r.windows else "-") for r in results]

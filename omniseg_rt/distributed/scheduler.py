@@ -16,7 +16,7 @@ from omniseg_rt.distributed.cluster import connect
 from omniseg_rt.distributed.worker import SlideWorker
 from omniseg_rt.engines import open_engine
 from omniseg_rt.runtime.pipeline import SlideResult
-from omniseg_rt.runtime.segment import make_settings, open_default_engine, record
+from omniseg_rt.runtime.segment import check_request, make_settings, open_default_engine, output_folder, record
 from omniseg_rt.slide import find_slides, slide_name
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,21 @@ def segment_on_ray(
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    # settings are checked here, before the cluster starts
-    with open_engine(engine) if engine is not None else open_default_engine(notify) as probe:
-        engine_dir = Path(probe.path)
-        settings = make_settings(probe.manifest, **options)
-    out_root = Path(out).resolve()
-    out_root.mkdir(parents=True, exist_ok=True)
-    ray = connect(address, num_cpus)
+    check_request(**{k: v for k, v in options.items() if k in ("tissues", "mpp", "overlap", "batch", "readers",
+                                                                "window")})
+    # the driver holds the output folder's lock for the whole run; its workers write under it
+    with output_folder(out, options.pop("wait", False)) as out_root:
+        # settings are checked here, before the cluster starts
+        with open_engine(engine) if engine is not None else open_default_engine(notify) as probe:
+            engine_dir = Path(probe.path)
+            settings = make_settings(probe.manifest, **options)
+        return _run_on_ray(ray_address=address, num_cpus=num_cpus, worker_cpus=worker_cpus, paths=paths,
+                           engine_dir=engine_dir, out_root=out_root.resolve(), settings=settings, notify=notify)
+
+
+def _run_on_ray(ray_address, num_cpus, worker_cpus, paths, engine_dir: Path, out_root: Path, settings,
+                notify) -> list[SlideResult]:
+    ray = connect(ray_address, num_cpus)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))

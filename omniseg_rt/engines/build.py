@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +27,7 @@ from omniseg_rt.engines import registry
 from omniseg_rt.engines.hardware import cpu_summary, default_threads, nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
 from omniseg_rt.engines.profiles import Profile, load_profile, validate
-from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError
+from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError, UsageError
 from omniseg_rt.fileutil import sha256_file
 from omniseg_rt.graph_manifest import read_manifest, write_manifest
 from omniseg_rt.tissues import SCALE_GROUPS
@@ -42,6 +43,26 @@ class AccuracyGateError(OmnisegError, RuntimeError):
     def __init__(self, message: str, gate: dict) -> None:
         super().__init__(message)
         self.gate = gate
+
+
+def _default_model(tissues: str | None, backend: str | None) -> Path:
+    """The bundled demo checkpoint where PyTorch is installed (one graph per scale group), else --
+    on the torch-free serving install -- the bundled all-tissue graph of the same model."""
+    from omniseg_rt.data import demo_graph, demo_model
+
+    if tissues is not None or backend == "torch" or _torch_installed():
+        return demo_model()
+    log.info("PyTorch is not installed: building from the bundled all-tissue graph of the demo model")
+    return demo_graph()
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    return importlib.util.find_spec("torch") is not None
 
 
 def resolve_settings(profile: str | os.PathLike | None, **overrides: Any) -> Profile:
@@ -226,16 +247,13 @@ def build_engine(
     Reduced precision (bf16, fp16, int8) must reach Dice >= ``min_dice`` against fp32 for every
     tissue. ``None`` options come from the profile (default: backend auto, precision auto, window 512).
     ``graph_rewrites=False`` keeps the exported graphs as they are (see ``graph_rewrites.py``).
+    ``model=None``: the bundled demo model (its all-tissue graph where PyTorch is not installed).
     Raises InvalidInputError / MissingFileError before any work for bad arguments, and
     :class:`AccuracyGateError` (nothing written) when reduced precision fails the gate without
     ``force``.
     """
     notify = on_progress or (lambda message: None)
-    if model is None:
-        from omniseg_rt.data import demo_model
-
-        model = demo_model()
-    source = Path(model)
+    source = Path(model) if model is not None else _default_model(tissues, backend)
     if not source.is_file():
         raise MissingFileError(f"{source}: no such checkpoint or graph")
     if not 0.0 < min_dice <= 1.0:
@@ -260,8 +278,10 @@ def build_engine(
     n_threads = settings.threads or default_threads()
 
     final = Path(out) if out else DEFAULT_DIR / f"{source.stem}-{chosen_backend}-{chosen_precision}"
-    staging = final.parent / f".{final.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    if final.exists() and not final.is_dir():
+        raise UsageError(f"--out {final}: a file is in the way; an engine is a folder: name another one")
+    remove_leftovers(final)
+    staging = final.parent / f".{final.name}.{_WORK_TAG}building-{_process_tag()}"
     start = time.perf_counter()
     try:
         graphs = _source_graphs(source, tissues, settings.window, staging, notify)
@@ -338,9 +358,34 @@ def build_engine(
     return final, manifest
 
 
+_WORK_TAG = "omniseg-"  # marks the folders a build works in beside its engine, so only those are cleaned
+
+
+def _process_tag() -> str:
+    host = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname())
+    return f"{host}-{os.getpid()}"
+
+
+def remove_leftovers(final: Path) -> list[Path]:
+    """Remove the staging and old-engine folders beside ``final`` left by builds on this host
+    whose process is gone (killed during a build); returns what was removed."""
+    from omniseg_rt.folder_lock import process_is_alive
+
+    host = _process_tag().rsplit("-", 1)[0]
+    removed = []
+    for kind in ("building", "old"):
+        for folder in final.parent.glob(f".{final.name}.{_WORK_TAG}{kind}-{host}-*"):
+            pid = folder.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not process_is_alive(int(pid)):
+                log.warning("removing %s, left by a build (PID %s) that did not finish", folder, pid)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 def _swap_into_place(staging: Path, final: Path) -> None:
     """Replace ``final`` by ``staging``; the old engine is deleted only once the new one is in place."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(f".{final.name}.{_WORK_TAG}old-{_process_tag()}")
     if final.exists():
         final.rename(old)
     staging.rename(final)

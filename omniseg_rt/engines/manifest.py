@@ -47,6 +47,10 @@ def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -
     if not path.is_file():
         raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
     manifest = read_format_json(path, FORMAT, "engine manifest", "rebuild the engine")
+    problems = structure_problems(manifest)
+    if problems:
+        raise InvalidInputError(f"{path}: a damaged engine manifest ({'; '.join(problems)}); "
+                                f"rebuild the engine with: {rebuild_command(manifest)}")
     if verify_files:
         problems = []
         for rel, digest in manifest.get("files", {}).items():
@@ -63,9 +67,28 @@ def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -
     return manifest
 
 
+def structure_problems(manifest: dict[str, Any]) -> list[str]:
+    """What an engine manifest lacks for opening and running it (empty when it is whole)."""
+    problems = []
+    for key, kind in (("backend", str), ("precision", str), ("window", int), ("graphs", list)):
+        if not isinstance(manifest.get(key), kind):
+            problems.append(f"'{key}' is missing" if key not in manifest else f"'{key}' is not a {kind.__name__}")
+    for i, graph in enumerate(manifest.get("graphs") or []):
+        if not isinstance(graph, dict) or not isinstance(graph.get("file"), str) or not isinstance(
+                graph.get("tissues"), list) or not isinstance(graph.get("name"), str):
+            problems.append(f"graph {i} lacks its name, file or tissues")
+    if manifest.get("graphs") == []:
+        problems.append("it lists no graphs")
+    for key in ("files", "settings", "profile", "rebuild"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            problems.append(f"'{key}' is not an object")
+    return problems
+
+
 def rebuild_command(manifest: dict[str, Any], **overrides: str) -> str:
     """The ``omniseg-rt build`` command that makes this engine again (``overrides`` replace options)."""
-    spec = {**manifest.get("rebuild", {}), **overrides}
+    rebuild = manifest.get("rebuild")
+    spec = {**(rebuild if isinstance(rebuild, dict) else {}), **overrides}
     parts = ["omniseg-rt build", str(spec.get("source", "MODEL"))]
     for option in ("backend", "precision", "tissues", "profile", "calibration", "out"):
         if spec.get(option):

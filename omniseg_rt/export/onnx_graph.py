@@ -28,6 +28,7 @@ import torch
 
 from omniseg_rt.export.wrapper import FusedGraph
 from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME
+from omniseg_rt.fileutil import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,6 @@ def save(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "omniseg-rt"
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     onnx.save(model, tmp)
     tmp.replace(path)

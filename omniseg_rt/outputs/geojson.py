@@ -23,6 +23,7 @@ from shapely.geometry.polygon import orient
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.tissues import tissue
+from omniseg_rt.fileutil import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def write_geojson(
     logged).
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = temp_path(target)
     seed = target.name if id_seed is None else id_seed
     counts: dict[int, int] = {}
     dropped = 0

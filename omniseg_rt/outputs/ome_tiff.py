@@ -20,6 +20,7 @@ import numpy as np
 import tifffile
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
+from omniseg_rt.fileutil import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def write_mask_tiff(
     _check(masks, channel_names, mpp, tile)
     mpp = float(mpp)  # numpy scalars break tifffile's rational tags
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = temp_path(target)
     channels, height, width = masks.shape
     shapes = pyramid_shapes(height, width, tile)
     options = dict(
@@ -160,3 +161,35 @@ def read_mask_tiff(path: str | os.PathLike, level: int = 0) -> tuple[np.ndarray,
         pixels = pixels[np.newaxis]
     mpp = float(info["PhysicalSizeX"]) * 2**level
     return pixels, mpp, names
+
+
+def read_mask_into(path: str | os.PathLike, canvas: np.ndarray, channel_names: Sequence[str]) -> bool:
+    """Copy level 0 of a mask OME-TIFF written by :func:`write_mask_tiff` into ``canvas`` (uint8
+    [C, H, W], e.g. a memmap larger than RAM), one tile at a time.
+
+    Returns False, leaving ``canvas`` untouched, when the file is missing, unreadable, or its
+    shape or channel names differ from ``canvas`` and ``channel_names``.
+    """
+    target = Path(path)
+    try:
+        with tifffile.TiffFile(target) as tif:
+            series = tif.series[0]
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            image = image[0] if isinstance(image, list) else image
+            channels = image["Pixels"].get("Channel", [])
+            channels = channels if isinstance(channels, list) else [channels]
+            names = [str(ch.get("Name", "")) for ch in channels]
+            if tuple(series.shape) != tuple(canvas.shape) or names != [str(n) for n in channel_names]:
+                return False
+            height, width = canvas.shape[1:]
+            for c in range(canvas.shape[0]):
+                page = series.pages[c]
+                page = page.aspage() if hasattr(page, "aspage") else page
+                for tile, index, _ in page.segments():
+                    top, left = index[2], index[3]
+                    h, w = min(page.tilelength, height - top), min(page.tilewidth, width - left)
+                    canvas[c, top:top + h, left:left + w] = 0 if tile is None else tile[0, :h, :w, 0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, tifffile.TiffFileError) as exc:
+        log.info("%s: not reused (%s)", target, exc)
+        return False
+    return True

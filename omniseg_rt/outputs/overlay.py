@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.tissues import tissue
+from omniseg_rt.fileutil import temp_path
 
 _BAND_BYTES = 32 << 20  # bytes of full-resolution mask read at a time
 _BOX, _PAD = 12, 6  # legend swatch side and padding, pixels
@@ -114,7 +115,7 @@ def render_overlay(
     if task_ids:
         image = _legend(image, task_ids)
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = temp_path(target)
     try:
         image.save(tmp, format="PNG")
         os.replace(tmp, target)

@@ -87,13 +87,9 @@ def update_summary_csv(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     if not str(row.get("slide", "")).strip():
         raise InvalidInputError(f"a summary row needs a non-empty 'slide' value; got keys {sorted(row)}")
     target = Path(path)
-    rows: list[dict[str, Any]] = []
-    columns: list[str] = list(_FIRST)
-    if target.is_file():
-        with open(target, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns += [c for c in reader.fieldnames or [] if c not in columns]
-            rows = [r for r in reader if r.get("slide") != str(row["slide"])]
+    fieldnames, rows = read_summary_csv(target)
+    columns: list[str] = list(_FIRST) + [c for c in fieldnames if c not in _FIRST]
+    rows = [r for r in rows if r.get("slide") != str(row["slide"])]
     columns += [c for c in row if c not in columns]
     rows.append({k: "" if v is None else v for k, v in row.items()})
     rows.sort(key=lambda r: str(r["slide"]))
@@ -102,3 +98,31 @@ def update_summary_csv(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(target, out.getvalue())
+
+
+def read_summary_csv(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a summary.csv (([], []) when there is none); raises
+    :class:`InvalidInputError` naming the file when it is not one omniseg-rt wrote."""
+    target = Path(path)
+    if not target.exists():
+        return [], []
+    fix = "move it away (omniseg-rt will not change it) or choose another --out"
+    try:
+        with open(target, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = list(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{target}: not a summary.csv written by omniseg-rt (not UTF-8 text: {exc.reason} at "
+                                f"byte {exc.start}); {fix}") from None
+    except (OSError, csv.Error) as exc:
+        raise InvalidInputError(f"{target}: cannot be read as a summary.csv ({exc}); {fix}") from None
+    if fieldnames and fieldnames[0] != "slide" or any(None in r for r in rows):
+        raise InvalidInputError(f"{target}: not a summary.csv written by omniseg-rt (its header "
+                                f"{','.join(fieldnames[:4])[:80]!r} does not start with slide,status,reason); {fix}")
+    return fieldnames, rows
+
+
+def check_summary_csv(path: str | os.PathLike) -> None:
+    """Raise :class:`InvalidInputError` when ``path`` exists and is not a summary.csv omniseg-rt can update."""
+    read_summary_csv(path)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from omniseg_rt import __version__
 from omniseg_rt.errors import OmnisegError
+from omniseg_rt.fileutil import io_errors
+from omniseg_rt.folder_lock import FolderLock
 
 if TYPE_CHECKING:
     from omniseg_rt.engines.base import Engine
@@ -41,6 +43,15 @@ def open_default_engine(on_progress: Callable[[str], None] | None = None) -> Eng
             return open_engine(folder)
         except OmnisegError as exc:  # e.g. another OpenVINO version: build again
             log.warning("cached engine %s is not usable here (%s); building it again", folder, exc)
-    log.info("building the demo model's CPU engine once, into %s", folder)
-    path, _ = build_engine(model, backend="openvino", out=folder, on_progress=on_progress, device="cpu")
+    with io_errors(folder.parent, "create"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    # one build at a time: a second process waits, then opens what the first one built
+    with FolderLock(folder.parent, what="engine cache", wait=True):
+        if (folder / "manifest.json").is_file():
+            try:
+                return open_engine(folder)
+            except OmnisegError:
+                pass
+        log.info("building the demo model's CPU engine once, into %s", folder)
+        path, _ = build_engine(model, backend="openvino", out=folder, on_progress=on_progress, device="cpu")
     return open_engine(path)

@@ -1,23 +1,28 @@
 """A slide's finished canvases -> its output files (each written to a temporary name, renamed).
 
 ``mask_<group>.ome.tif`` (one channel per tissue, 0/255, pyramidal, physical pixel size),
-``tissue_mask.png``, ``objects.geojson`` (QuPath), ``summary.json``, ``overlay.png``.
+``tissue_mask.png``, ``objects.geojson`` (QuPath), ``summary.json``, ``overlay.png``. An I/O
+error (disk full, read-only) names the file being written.
 """
 
 from __future__ import annotations
 
 import json
-
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from shapely.geometry import Polygon
 
-from omniseg_rt.fileutil import atomic_write_text
+from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, temp_path
 from omniseg_rt.outputs import (downsample_mask, mask_objects, render_overlay, tissue_stats, to_level0,
                                 write_geojson, write_mask_tiff)
 from omniseg_rt.tissues import TISSUES
+
+log = logging.getLogger(__name__)
 
 
 def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarray], picture: np.ndarray,
@@ -26,17 +31,20 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
 
     ``plans``: [(GroupPlan, task ids)]; ``canvases[group]``: uint8 [T, H, W] 0/255 masks;
     ``picture``: RGB uint8 [h, w, 3] of the whole slide for the overlay; ``tissue``: bool [h', w']
-    tissue mask at ``tissue_mpp`` um/px.
+    tissue mask at ``tissue_mpp`` um/px. Polygons are in level-0 pixels, clipped to the slide.
     """
     from PIL import Image
 
     outputs: dict[str, str] = {}
     for plan, tasks in plans:
         name = f"mask_{plan.group}.ome.tif"
-        write_mask_tiff(slide_dir / name, canvases[plan.group], [TISSUES[t].abbrev for t in tasks], plan.mpp)
+        with io_errors(slide_dir / name):
+            write_mask_tiff(slide_dir / name, canvases[plan.group], [TISSUES[t].abbrev for t in tasks], plan.mpp)
         outputs[f"mask_{plan.group}"] = name
     _save_png(slide_dir / "tissue_mask.png", Image.fromarray(np.where(tissue, 255, 0).astype(np.uint8)))
     outputs["tissue_mask"] = "tissue_mask.png"
+
+    width, height = geometry.l0_size
 
     def objects():
         for plan, tasks in plans:
@@ -44,9 +52,11 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
                 # bands of about 64 MB of labels, whatever the slide's width
                 rows = max(64, min(2048, (64 << 20) // (5 * plan.canvas[1])))
                 for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=rows):
-                    yield task, to_level0(polygon, plan.scale, plan.scale)
+                    for part in clip_to_slide(to_level0(polygon, plan.scale, plan.scale), width, height):
+                        yield task, part
 
-    counts = write_geojson(slide_dir / "objects.geojson", objects(), id_seed=geometry.name)
+    with io_errors(slide_dir / "objects.geojson"):
+        counts = write_geojson(slide_dir / "objects.geojson", objects(), id_seed=geometry.name)
     outputs["objects"] = "objects.geojson"
     tissue_area_mm2 = float(tissue.sum()) * tissue_mpp**2 / 1e6
     rows = []
@@ -60,15 +70,46 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     h, w = picture.shape[:2]
     layers = [(task, downsample_mask(canvases[plan.group][i], (h, w)))
               for plan, tasks in plans for i, task in enumerate(tasks)]
-    render_overlay(slide_dir / "overlay.png", picture, layers)
+    with io_errors(slide_dir / "overlay.png"):
+        render_overlay(slide_dir / "overlay.png", picture, layers)
     outputs["overlay"] = "overlay.png"
     return outputs, summary
 
 
+def clip_to_slide(polygon: Polygon, width: float, height: float) -> list[Polygon]:
+    """``polygon`` (level-0 pixels) cut to the slide's ``width`` x ``height``: the last mask
+    pixels of a row or column reach past the slide's edge. Usually one polygon; none when it lay
+    outside, several when the cut splits it."""
+    minx, miny, maxx, maxy = polygon.bounds
+    if minx >= 0 and miny >= 0 and maxx <= width and maxy <= height:
+        return [polygon]
+    clipped = shapely.clip_by_rect(polygon, 0.0, 0.0, float(width), float(height))
+    return [g for g in getattr(clipped, "geoms", [clipped]) if isinstance(g, Polygon) and not g.is_empty]
+
+
+def remove_unlisted_masks(slide_dir: Path, outputs: dict[str, str]) -> None:
+    """Delete ``mask_*.ome.tif`` files of ``slide_dir`` that ``outputs`` does not list (groups an
+    earlier, forced-over run wrote and this one did not)."""
+    for path in slide_dir.glob("mask_*.ome.tif"):
+        if path.name not in outputs.values():
+            log.info("removing %s: not an output of this run", path)
+            path.unlink(missing_ok=True)
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete temporary files left in ``folder`` by runs that were killed while writing (the caller
+    holds the folder's lock: no live writer owns them)."""
+    for path in folder.iterdir():
+        if is_temp_name(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def _save_png(path: Path, image) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-
+    tmp = temp_path(path)
+    with io_errors(path):
+        try:
+            image.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

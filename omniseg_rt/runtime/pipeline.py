@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,18 @@ import numpy as np
 from omniseg_rt import __version__
 from omniseg_rt.engines.base import Engine, GraphRunner
 from omniseg_rt.errors import InvalidInputError
-from omniseg_rt.fileutil import atomic_write_text, sha256_file
-from omniseg_rt.runtime.finish import write_outputs
+from omniseg_rt.fileutil import atomic_write_text, io_errors, sha256_file
+from omniseg_rt.outputs import read_mask_into
+from omniseg_rt.runtime.finish import remove_temp_files, remove_unlisted_masks, write_outputs
 from omniseg_rt.runtime.plan import GroupPlan, plan_group, too_coarse
 from omniseg_rt.runtime.readers import Prefetcher
+from omniseg_rt.runtime.request import decide, request_of
 from omniseg_rt.runtime.settings import SegmentSettings
 from omniseg_rt.runtime.stitch import stitch_window
-from omniseg_rt.runtime.store import WorkStore
+from omniseg_rt.runtime.store import WorkStore, check_free_space, output_bytes_estimate
 from omniseg_rt.slide import detect_tissue, open_slide, slide_name
 from omniseg_rt.slide.tissue import TISSUE_MPP
-from omniseg_rt.tissues import SCALE_GROUPS
+from omniseg_rt.tissues import SCALE_GROUPS, TISSUES
 
 log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "omniseg-rt.segment/1"
@@ -54,63 +56,57 @@ class SlideResult:
     windows: dict[str, int] = field(default_factory=dict)
 
 
-def is_complete(slide_dir: Path) -> bool:
-    try:
-        return json.loads((slide_dir / "manifest.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
+class RequestConflictError(InvalidInputError):
+    """The slide is complete for other settings; ``--force`` replaces it."""
 
 
 def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSettings,
               notify: Callable[[dict], None]) -> SlideResult:
     """Segment one slide into ``out_root/<slide name>/``; raises on a bad slide (the caller
-    records it), returns the result otherwise."""
+    records it), returns the result otherwise. What is done depends on the slide's earlier
+    outputs (``runtime.request``): skipped when complete for this request, missing tissues added,
+    other settings refused unless ``settings.force``."""
     name = slide_name(path)
     slide_dir = out_root / name
-    if is_complete(slide_dir) and not settings.force:
-        return SlideResult(name, str(path), "skipped", str(slide_dir), reason="complete (use --force to redo)")
+    decision = decide(slide_dir, request_of(settings, engine.manifest), settings.force)
+    if decision.action == "skip":
+        return SlideResult(name, str(path), "skipped", str(slide_dir), reason=decision.reason)
+    if decision.action == "conflict":
+        raise RequestConflictError(decision.reason)
+    if decision.action == "add":
+        log.info("%s: %s", name, decision.reason)
+    settings = replace(settings, tissues=decision.tissues)
     wall = time.perf_counter()
     seconds = {"tissue": 0.0, "read": 0.0, "infer": 0.0, "stitch": 0.0, "write": 0.0}
     with open_slide(path, settings.mpp) as reader:
         g = reader.geometry
-        warnings = list(reader.warnings)
         start = time.perf_counter()
         tissue_mpp = max(TISSUE_MPP, g.mpp)
-        thumbnail = reader.thumbnail(tissue_mpp)
-        tissue = detect_tissue(thumbnail, tissue_mpp)
+        tissue = detect_tissue(reader.thumbnail(tissue_mpp), tissue_mpp)
         seconds["tissue"] = time.perf_counter() - start
-        plans = []
-        for group in SCALE_GROUPS:
-            tasks = tuple(t for t in group.task_ids if t in settings.tissues)
-            if not tasks:
-                continue
-            mpp = settings.group_mpp[group.name]
-            if too_coarse(mpp, g.mpp):
-                warnings.append(f"{name}: {group.name} group skipped: the slide's {g.mpp:.3g} um/px is far coarser "
-                                f"than the group's {mpp:.3g} um/px")
-                continue
-            plan = plan_group(group, mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, settings.window,
-                              settings.overlap, tissue, tissue_mpp)
-            plans.append((plan, tasks))
-            warnings.extend(f"{name}: {w}" for w in plan.warnings)
-        if not plans:
-            raise InvalidInputError(f"{path}: no scale group can run on this slide ({g.mpp:.3g} um/px); "
-                                    "pass --mpp if the slide's pixel size is wrong")
+        plans, warnings = _plans(path, name, g, settings, tissue, tissue_mpp, list(reader.warnings))
+        for warning in warnings:
+            log.warning("%s", warning)
         engine_id = _engine_id(engine)
         key = {"slide": str(Path(path).resolve()), "slide_bytes": _size(path), "engine": engine_id,
                "settings": settings.key()}
-        slide_dir.mkdir(parents=True, exist_ok=True)
-        (slide_dir / "manifest.json").unlink(missing_ok=True)  # redoing (--force): not complete until done
+        with io_errors(slide_dir):
+            slide_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(slide_dir)
         store = WorkStore(slide_dir, key, resume=settings.resume)
+        shapes = {plan.group: (len(tasks), *plan.canvas) for plan, tasks in plans}
+        check_free_space(slide_dir, sum(store.canvas_bytes_to_allocate(g_, s) for g_, s in shapes.items()),
+                         output_bytes_estimate(shapes.values()))
         total = sum(p.windows for p, _ in plans)
         done_windows = 0
         notify({"event": "slide_start", "slide": name, "windows": total, "resumed": store.resumed})
         canvases = {}
         for plan, tasks in plans:
-            runner, channels = _runner_for(engine, plan.group, tasks)
-            canvas = store.canvas(plan.group, (len(tasks), *plan.canvas))
+            canvas = store.canvas(plan.group, shapes[plan.group])
             canvases[plan.group] = canvas
             done = store.done_bands(plan.group)
+            if plan.group in decision.reuse and len(done) < len(plan.bands):
+                done = _reuse_group(slide_dir, plan, tasks, canvas, store, done)
             done_windows += sum(len(plan.bands[b]) for b in done)
 
             def progress(n: int, group: str = plan.group) -> None:
@@ -118,11 +114,15 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
                 done_windows += n
                 notify({"event": "windows", "slide": name, "group": group, "done": done_windows, "total": total})
 
-            _run_group(plan, [b for b in range(len(plan.bands)) if b not in done], reader, runner, channels, canvas,
-                       store, settings, seconds, progress)
+            todo = [b for b in range(len(plan.bands)) if b not in done]
+            if todo:
+                runner, channels = _runner_for(engine, plan.group, tasks)
+                _run_group(plan, todo, reader, runner, channels, canvas, store, settings, seconds, progress)
         start = time.perf_counter()
         picture = reader.thumbnail(max(g.mpp, max(g.l0_size) * g.mpp / OVERLAY_SIDE))
+        (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
         outputs, summary = write_outputs(slide_dir, g, plans, canvases, picture, tissue, tissue_mpp, warnings)
+        remove_unlisted_masks(slide_dir, outputs)
         seconds["write"] = time.perf_counter() - start
     seconds["total"] = time.perf_counter() - wall
     windows = {p.group: p.windows for p, _ in plans}
@@ -130,17 +130,56 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         "format": MANIFEST_FORMAT, "status": "complete", "slide": name, "source": str(path),
         "geometry": {"l0_size": g.l0_size, "mpp": g.mpp, "mpp_source": g.mpp_source, "vendor": g.vendor,
                      "levels": len(g.level_sizes)},
-        "versions": _versions(), "engine": engine_id, "settings": settings.as_dict(),
+        "versions": _versions(), "engine": engine_id, "request": request_of(settings, engine.manifest),
+        "settings": settings.as_dict(),
         "groups": [{"group": p.group, "tissues": list(t), "mpp": p.mpp, "canvas": p.canvas, "window": p.window,
-                    "overlap": p.overlap, "windows": p.windows, "cells": p.cells_total} for p, t in plans],
+                    "overlap": p.overlap, "windows": p.windows, "cells": p.cells_total,
+                    "reused": p.group in decision.reuse} for p, t in plans],
         "windows": windows, "resumed": store.resumed, "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "outputs": outputs, "warnings": warnings,
     }
     atomic_write_text(slide_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     store.remove()
     outputs["manifest"] = "manifest.json"
-    return SlideResult(name, str(path), "done", str(slide_dir), outputs=outputs, summary=summary,
-                       seconds=manifest["seconds"], windows=windows)
+    return SlideResult(name, str(path), "done", str(slide_dir), reason=decision.reason, outputs=outputs,
+                       summary=summary, seconds=manifest["seconds"], windows=windows)
+
+
+def _plans(path: Path, name: str, g, settings: SegmentSettings, tissue, tissue_mpp: float,
+           warnings: list[str]) -> tuple[list[tuple[GroupPlan, tuple[int, ...]]], list[str]]:
+    """The window plan of every scale group holding a requested tissue, and the warnings so far."""
+    plans = []
+    for group in SCALE_GROUPS:
+        tasks = tuple(t for t in group.task_ids if t in settings.tissues)
+        if not tasks:
+            continue
+        mpp = settings.group_mpp[group.name]
+        if too_coarse(mpp, g.mpp):
+            warnings.append(f"{name}: {group.name} group skipped: the slide's {g.mpp:.3g} um/px is far coarser "
+                            f"than the group's {mpp:.3g} um/px")
+            continue
+        plan = plan_group(group, mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, settings.window,
+                          settings.overlap, tissue, tissue_mpp)
+        plans.append((plan, tasks))
+        warnings.extend(f"{name}: {w}" for w in plan.warnings)
+    if not plans:
+        raise InvalidInputError(f"{path}: no scale group can run on this slide ({g.mpp:.3g} um/px); "
+                                "pass --mpp if the slide's pixel size is wrong")
+    return plans, warnings
+
+
+def _reuse_group(slide_dir: Path, plan: GroupPlan, tasks: tuple[int, ...], canvas, store: WorkStore,
+                 done: set[int]) -> set[int]:
+    """Fill ``canvas`` from the group's existing mask file (same tissues, same settings) and
+    journal every band; the bands already done when the file does not fit."""
+    path = slide_dir / f"mask_{plan.group}.ome.tif"
+    if not read_mask_into(path, canvas, [TISSUES[t].abbrev for t in tasks]):
+        log.info("%s does not fit this run's %s canvas: computing the group again", path, plan.group)
+        return done
+    for band in range(len(plan.bands)):
+        if band not in done:
+            store.mark_done(plan.group, band, canvas)
+    return set(range(len(plan.bands)))
 
 
 def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, channels: list[int], canvas,

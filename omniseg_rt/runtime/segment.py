@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omniseg_rt.engines import Engine, open_engine
-from omniseg_rt.errors import InvalidInputError, OmnisegError
-from omniseg_rt.outputs import update_summary_csv
+from omniseg_rt.errors import InvalidInputError, OmnisegError, UsageError
+from omniseg_rt.fileutil import temp_path
+from omniseg_rt.folder_lock import FolderLock
+from omniseg_rt.outputs import check_summary_csv, update_summary_csv
+from omniseg_rt.runtime.finish import remove_temp_files
 from omniseg_rt.runtime.pipeline import SlideResult, run_slide
+from omniseg_rt.runtime.request import read_complete_manifest
 from omniseg_rt.runtime.settings import DEFAULT_OVERLAP, SegmentSettings
 from omniseg_rt.slide import find_slides, slide_name
 from omniseg_rt.tissues import SCALE_GROUPS, parse_tissues
@@ -33,6 +40,7 @@ def segment(
     group_mpp: dict[str, float] | None = None,
     resume: bool = True,
     force: bool = False,
+    wait: bool = False,
     on_progress: Callable[[dict], None] | None = None,
 ) -> list[SlideResult]:
     """Segment ``slides`` (files, folders, DICOM folders) into ``out/<slide name>/``.
@@ -42,39 +50,46 @@ def segment(
     groups ("5x") or task ids; ``mpp``: the slides' level-0 pixel size when they lack one or state
     it wrongly; ``group_mpp``: target um/px per scale group (default: the tissues table's nominal
     5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``batch``: windows per
-    engine call (default: the engine profile's). Slides already complete are skipped unless
-    ``force``.
+    engine call (default: the engine profile's). A slide already complete for this request is
+    skipped; missing tissues are added; a slide complete for other settings fails unless
+    ``force`` (which redoes it for exactly this request).
+
+    One run writes into ``out`` at a time (:class:`~omniseg_rt.folder_lock.FolderLock`): another
+    run's lock raises :class:`~omniseg_rt.errors.BusyError`, or is waited for with ``wait``.
 
     Returns one :class:`SlideResult` per slide (status done / skipped / failed, with the reason).
-    Bad arguments raise before any slide is touched; a bad slide is recorded and the others go on.
+    Bad arguments raise (:class:`~omniseg_rt.errors.UsageError`) before any slide is touched; a bad
+    slide is recorded and the others go on.
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    own = not isinstance(engine, Engine)
-    if engine is None:
-        handle = open_default_engine(notify)
-    else:
-        handle = open_engine(engine) if own else engine
-    try:
-        settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
-                                 readers=readers, window=window, group_mpp=group_mpp, resume=resume, force=force)
-        out_root = Path(out)
-        out_root.mkdir(parents=True, exist_ok=True)
-        results = []
-        for index, path in enumerate(paths):
-            notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
-            try:
-                result = run_slide(path, handle, out_root, settings, notify)
-            except (OmnisegError, OSError) as exc:
-                log.warning("%s failed: %s", path, exc)
-                result = SlideResult(slide_name(path), str(path), "failed", reason=str(exc))
-            record(out_root, result)
-            notify({"event": "slide_done", **asdict(result)})
-            results.append(result)
-        return results
-    finally:
-        if own:
-            handle.close()
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
+                  engine=engine)
+    with output_folder(out, wait) as out_root:
+        own = not isinstance(engine, Engine)
+        if engine is None:
+            handle = open_default_engine(notify)
+        else:
+            handle = open_engine(engine) if own else engine
+        try:
+            settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
+                                     readers=readers, window=window, group_mpp=group_mpp, resume=resume,
+                                     force=force)
+            results = []
+            for index, path in enumerate(paths):
+                notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
+                try:
+                    result = run_slide(path, handle, out_root, settings, notify)
+                except (OmnisegError, OSError) as exc:
+                    log.info("%s failed: %s", path, exc)
+                    result = SlideResult(slide_name(path), str(path), "failed", reason=_one_line(exc, path))
+                record(out_root, result)
+                notify({"event": "slide_done", **asdict(result)})
+                results.append(result)
+            return results
+        finally:
+            if own:
+                handle.close()
 
 
 def open_default_engine(notify: Callable[[dict], None]) -> Engine:
@@ -83,11 +98,82 @@ def open_default_engine(notify: Callable[[dict], None]) -> Engine:
     return default_engine.open_default_engine(lambda message: notify({"event": "build", "message": message}))
 
 
+#: level-0 pixel sizes a slide can have (um/px): from beyond oil-immersion 100x to a macro photo
+MPP_RANGE = (0.05, 100.0)
+
+
+def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None) -> None:
+    """Raise :class:`UsageError` for option values that cannot work, before anything else happens
+    (``engine``: a path or an open engine, whose window bounds the overlap)."""
+    if isinstance(tissues, str) or tissues is None:
+        try:
+            parse_tissues("all" if tissues is None else tissues)
+        except InvalidInputError as exc:
+            raise UsageError(f"--tissues {tissues!r}: {exc}") from None
+    elif not tissues:
+        raise UsageError("tissues: an empty selection; give task ids, abbreviations, a group or 'all'")
+    if mpp is not None and not (math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+        raise UsageError(f"--mpp {mpp}: a slide's level-0 pixel size is between {MPP_RANGE[0]} and {MPP_RANGE[1]:g} "
+                         "um/px (0.25 at 40x, 0.5 at 20x); give the one the scanner used")
+    for name, value, low in (("--batch", batch, 1), ("--readers", readers, 1), ("--overlap", overlap, 0),
+                             ("--window", window, 64)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UsageError(f"{name} {value}: must be a whole number >= {low}")
+    if overlap is not None and overlap % 2:
+        raise UsageError(f"--overlap {overlap}: must be even (the context is split between both sides)")
+    side = window or _engine_window(engine)
+    if overlap is not None and side and overlap >= side // 2:
+        raise UsageError(f"--overlap {overlap}: must be under half the window ({side // 2})")
+
+
+def _engine_window(engine) -> int | None:
+    """The window of ``engine`` (an open engine or an engine directory), None when unknown."""
+    if engine is None:
+        return None
+    try:
+        manifest = engine.manifest if isinstance(engine, Engine) else json.loads(
+            (Path(engine) / "manifest.json").read_text())
+        window = manifest.get("window")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return window if isinstance(window, int) else None
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, wait: bool = False) -> Iterator[Path]:
+    """``out`` created and locked for this run, its ``summary.csv`` checked and the temporary
+    files of killed runs removed; raises before any work when it cannot be used."""
+    out_root = Path(out)
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"--out {out_root}: a file is in the way; name a folder (it is created if needed)")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(out_root / "write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {out_root}: cannot write there ({exc.strerror or exc}); choose a folder you can "
+                         "write to") from None
+    with FolderLock(out_root, what="output folder", wait=wait,
+                    fix="wait for it to finish, add --wait to start when it does, or choose another --out"):
+        check_summary_csv(out_root / "summary.csv")
+        remove_temp_files(out_root)
+        yield out_root
+
+
+def _one_line(exc: BaseException, path: Path) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, OmnisegError) and not exc.filename:
+        text = f"{path}: {text}"
+    return text
+
+
 def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None, batch=None, readers=2,
                   window=None, group_mpp=None, resume=True, force=False) -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window)
     if tissues is None or isinstance(tissues, str):
-        task_ids = tuple(t.task_id for t in parse_tissues(tissues or "all"))
+        task_ids = tuple(t.task_id for t in parse_tissues("all" if tissues is None else tissues))
     else:
         task_ids = tuple(sorted({int(t) for t in tissues}))
     targets = {g.name: g.nominal_mpp for g in SCALE_GROUPS}
@@ -99,20 +185,23 @@ def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None
     settings = SegmentSettings(
         tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or int(manifest.get("window", 512)),
         overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-        batch=batch or int(profile.get("batch", {}).get("opt", 4)), readers=readers, resume=resume, force=force)
+        batch=batch if batch is not None else int(profile.get("batch", {}).get("opt", 4)), readers=readers,
+        resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
-        raise InvalidInputError(f"window {settings.window}: must be a multiple of 16, at least 64")
-    if settings.overlap < 0 or settings.overlap % 2 or settings.overlap >= settings.window // 2:
-        raise InvalidInputError(f"--overlap {settings.overlap}: must be even, >= 0 and under half the window "
-                                f"({settings.window // 2})")
-    if settings.batch < 1 or settings.readers < 1:
-        raise InvalidInputError("--batch and --readers must be at least 1")
+        raise UsageError(f"window {settings.window}: must be a multiple of 16, at least 64")
+    if settings.overlap >= settings.window // 2:
+        raise UsageError(f"--overlap {settings.overlap}: must be under half the window ({settings.window // 2})")
     return settings
 
 
 def record(out_root: Path, result: SlideResult) -> None:
-    """The slide's row in ``out_root/summary.csv`` (skipped slides keep the row they have)."""
+    """The slide's row in ``out_root/summary.csv``. Skipped slides keep the row they have, and so
+    do failed slides whose earlier outputs are still complete (a failure never replaces a done
+    row). A summary that cannot be written is logged, not raised: the slides go on."""
     if result.status == "skipped":
+        return
+    if result.status == "failed" and read_complete_manifest(out_root / result.slide) is not None:
+        log.info("%s: failed, but its earlier complete outputs are kept, and so is its summary row", result.slide)
         return
     row = {"slide": result.slide, "status": result.status, "reason": result.reason or "", "path": result.path}
     for t in result.summary.get("tissues", []):
@@ -122,4 +211,7 @@ def record(out_root: Path, result: SlideResult) -> None:
         row["tissue_area_mm2"] = result.summary.get("tissue_area_mm2")
     if result.seconds:
         row["seconds"] = result.seconds.get("total")
-    update_summary_csv(out_root / "summary.csv", row)
+    try:
+        update_summary_csv(out_root / "summary.csv", row)
+    except OmnisegError as exc:
+        log.error("%s: its row in summary.csv was not updated: %s", result.slide, exc)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from omniseg_rt import __version__
-from omniseg_rt.fileutil import atomic_write_text
+from omniseg_rt.fileutil import atomic_write_text, temp_path
 from omniseg_rt.model import OmniSeg, upstream_state_dict
 from omniseg_rt.train.dataset import Sample
 
@@ -40,7 +40,7 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: Path, model: OmniSeg, metadata: dict[str, Any], **state: Any) -> None:
     """Write ``path`` (+ ``path.json``) atomically: model in the original layout, metadata, state."""
     payload = {"model": upstream_state_dict(model), "omniseg_rt": metadata, **state}
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     torch.save(payload, tmp)
     os.replace(tmp, path)
     atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2, default=str) + "\n")
@@ -59,7 +59,7 @@ def save_for_release(source: Path, dest: Path) -> dict[str, Any]:
     """
     state = load_training_state(source)
     payload = {"model": {k: v.half() for k, v in state["model"].items()}, "omniseg_rt": state["omniseg_rt"]}
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = temp_path(dest)
     torch.save(payload, tmp)
     os.replace(tmp, dest)
     return state["omniseg_rt"]
