@@ -66,3 +66,14 @@ def demo_engine(tmp_path_factory):
 
     path, _ = build_engine(None, out=tmp_path_factory.mktemp("engine") / "demo", device="cpu")
     return path
+
+
+@pytest.fixture(scope="session")
+def cmu_10x(demo_engine, tmp_path_factory):
+    """An uninterrupted run: the CMU slide's folder after segmenting its 10x group (12 windows of 512)."""
+    from omniseg_rt.runtime import segment
+
+    out = tmp_path_factory.mktemp("reference")
+    [result] = segment(SLIDES / "CMU-1-Small-Region.svs", engine=demo_engine, out=out, tissues="10x")
+    assert result.status == "done", result.reason
+    return out / "CMU-1-Small-Region"

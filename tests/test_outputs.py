@@ -18,6 +18,7 @@ from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.outputs import (
     downsample_mask,
     mask_objects,
+    read_mask_into,
     read_mask_tiff,
     render_overlay,
     tissue_stats,
@@ -312,9 +313,38 @@ def test_summary_csv_add_replace_and_failures(tmp_path):
     assert rows[0] == {"slide": "a", "status": "failed", "reason": "unreadable file, see log",
                        "PT_objects": "", "seconds": ""}
     assert rows[1]["PT_objects"] == "7" and rows[1]["seconds"] == "1.5"
-    assert not (tmp_path / ".summary.csv.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
     with pytest.raises(InvalidInputError, match="slide"):
         update_summary_csv(path, {"status": "ok"})
+    for junk in (bytes(range(256)), b"name,size\nx,1\n", b"slide,status,reason\na,done,,extra\n"):
+        path.write_bytes(junk)  # not ours: refused with the file's name, and left as it is
+        with pytest.raises(InvalidInputError, match=f"{path}: .*move it away"):
+            update_summary_csv(path, {"slide": "b", "status": "done"})
+        assert path.read_bytes() == junk
+
+
+def test_mask_tiff_read_into_a_canvas_tile_by_tile(tmp_path):
+    masks = np.stack([blobs((700, 1100), s) for s in range(2)])
+    path = tmp_path / "m.ome.tif"
+    write_mask_tiff(path, masks, ["CAP", "TUFT"], 2.0, tile=256)
+    canvas = np.memmap(tmp_path / "canvas.u8", dtype=np.uint8, mode="w+", shape=masks.shape)
+    assert read_mask_into(path, canvas, ["CAP", "TUFT"]) and np.array_equal(canvas, masks)
+    other = np.full_like(masks, 7)
+    assert not read_mask_into(path, other, ["CAP", "DT"]) and (other == 7).all()  # other tissues
+    assert not read_mask_into(path, other[:, :600], ["CAP", "TUFT"]) and (other == 7).all()  # other shape
+    assert not read_mask_into(tmp_path / "missing.ome.tif", other, ["CAP", "TUFT"])
+
+
+def test_polygons_are_clipped_to_the_slide():
+    from omniseg_rt.runtime.finish import clip_to_slide
+
+    inside = Polygon([(1, 1), (9, 1), (9, 9)])
+    assert clip_to_slide(inside, 10, 10) == [inside]
+    [edge] = clip_to_slide(Polygon([(5, 5), (12, 5), (12, 12), (5, 12)]), 10, 11)
+    assert edge.bounds == (5, 5, 10, 11) and edge.area == 30
+    arch = Polygon([(0, 0), (3, 0), (3, 15), (5, 15), (5, 0), (8, 0), (8, 20), (0, 20)])  # legs up to y 10
+    assert len(clip_to_slide(arch, 10, 10)) == 2  # the slide's edge cuts the arch into its two legs
+    assert clip_to_slide(Polygon([(20, 20), (30, 20), (30, 30)]), 10, 10) == []
 
 
 # ---------------------------------------------------------------- overlay

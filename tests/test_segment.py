@@ -23,15 +23,6 @@ TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
 DICOM = SLIDES / "dicom-camelyon"
 
 
-@pytest.fixture(scope="session")
-def cmu_10x(demo_engine, tmp_path_factory):
-    """An uninterrupted run: CMU slide, 10x group (12 windows of 512)."""
-    out = tmp_path_factory.mktemp("reference")
-    [result] = segment(CMU, engine=demo_engine, out=out, tissues="10x")
-    assert result.status == "done", result.reason
-    return out / "CMU-1-Small-Region"
-
-
 def test_real_slides_outputs_and_per_slide_failures_without_torch(demo_engine, tmp_path):
     truncated = tmp_path / "truncated.svs"
     truncated.write_bytes(CMU.read_bytes()[: CMU.stat().st_size // 3])
@@ -70,6 +61,9 @@ def test_real_slides_outputs_and_per_slide_failures_without_torch(demo_engine, t
             area = sum(p.area for p in polygons) / scale**2
             assert abs(area - pixels) / pixels < 0.01
         assert all(f["properties"]["classification"]["name"] == row["name"] for f in mine)
+    points = np.array([p for f in features for ring in f["geometry"]["coordinates"] for p in ring])
+    assert len(points) and points.min() >= 0  # polygons lie on the slide (2220 x 2967 px)
+    assert points[:, 0].max() <= 2220 and points[:, 1].max() <= 2967
     manifest = json.loads((slide_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["windows"]["5x"] > 0
     assert set(manifest["seconds"]) >= {"read", "infer", "stitch", "write", "total"}
@@ -123,8 +117,22 @@ def test_complete_slides_are_skipped_unless_forced(demo_engine, cmu_10x, tmp_pat
 def test_without_engine_or_torch_the_bundled_graph_is_built_once_and_reused(tmp_path):
     env_cache = tmp_path / "cache"
     args = ["segment", str(DICOM), "--mpp", "2.0", "--tissues", "CAP", "--out", str(tmp_path / "out")]
+    # a first build killed outright leaves its staging folder; the next build removes it
+    code = "import sys; from omniseg_rt.cli import main; sys.argv = ['omniseg-rt', *sys.argv[1:]]; main()"
+    killed = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "OMNISEG_RT_CACHE": str(env_cache)})
+    deadline = time.monotonic() + 120
+    while not list((env_cache / "engines").glob(".*building*")) and killed.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    [staging] = list((env_cache / "engines").glob(".*building*"))
+
     first = run_cli(*args, block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})
     assert first.returncode == 0, first.stderr
+    assert not staging.exists() and "did not finish" in first.stderr
     [engine_dir] = [p for p in (env_cache / "engines").iterdir() if not p.name.startswith(".")]
     built = (engine_dir / "manifest.json").stat().st_mtime_ns
     second = run_cli(*args, "--force", block_torch=True, env={"OMNISEG_RT_CACHE": str(env_cache)})

@@ -113,7 +113,7 @@ def _run(slides, quiet: bool = False, **options):
                 reason = f": {event['reason']}" if event.get("reason") else ""
                 style = "red" if event["status"] == "failed" else None
                 progress.console.print(f"{event['slide']}: {event['status']}{reason}", style=style, markup=False,
-                                       highlight=False)
+                                       highlight=False, soft_wrap=True)  # one line per slide, for grep
                 if "cluster_windows_per_s" in event:
                     progress.update(overall, info=f"{event['cluster_windows_per_s']:.2f} windows/s across the cluster")
 

@@ -59,8 +59,14 @@ class WorkStore:
         with io_errors(path):
             if path.exists() and path.stat().st_size != size:
                 path.unlink()
-            with open(path, "ab") as fh:
-                _allocate(fh.fileno(), size)
+            new = not path.exists()
+            try:
+                with open(path, "ab") as fh:
+                    _allocate(fh.fileno(), size)
+            except OSError:
+                if new:  # give back what was allocated
+                    path.unlink(missing_ok=True)
+                raise
             return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
 
     def done_bands(self, group: str) -> set[int]:
