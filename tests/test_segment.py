@@ -98,6 +98,7 @@ def test_kill_minus_9_then_resume_gives_identical_outputs(demo_engine, cmu_10x, 
 
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
+    assert f"taking over the lock left by PID {process.pid}" in " ".join(result.stderr.split())
     resumed = out / "CMU-1-Small-Region"
     manifest = json.loads((resumed / "manifest.json").read_text())
     assert manifest["resumed"] is True and done_before >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated
 
 import typer
@@ -33,13 +34,19 @@ def _root(
 ) -> None:
     """Omni-Seg kidney tissue segmentation: export, build engines, segment whole slides."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    from rich.logging import RichHandler
-
     from omniseg_rt.cli.render import err_console
 
     # Logs go to stderr (the console progress bars use too): stdout stays clean for --json output.
-    handler = RichHandler(console=err_console, show_path=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    # On a terminal rich lays them out; in a pipe or a log file each record is one plain line.
+    if err_console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("omniseg-rt: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _register() -> None:

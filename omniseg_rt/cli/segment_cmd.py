@@ -85,7 +85,8 @@ def _run(slides, quiet: bool = False, **options):
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, disable=quiet, transient=True) as progress:
+    bars = not quiet and err_console.is_terminal  # no bars in --json runs, pipes and log files
+    with Progress(*columns, console=err_console, disable=not bars, transient=True) as progress:
         overall = progress.add_task("slides", total=None, info="")
         current = {"task": None, "start": 0.0, "base": 0}
 
