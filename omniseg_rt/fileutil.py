@@ -31,22 +31,31 @@ def temp_path(target: str | os.PathLike) -> Path:
 
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is a temporary name made by :func:`temp_path` (or an older ``.<name>.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp")
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp." in name)
+
+
+@contextmanager
+def replacing(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """``with replacing(path) as tmp:`` write ``tmp`` (a :func:`temp_path` beside ``path``, plus
+    ``suffix`` for writers that want an extension); when the block succeeds ``tmp`` is renamed
+    over ``path``, when it fails ``tmp`` is removed and ``path`` stays as it was."""
+    target = Path(target)
+    tmp = temp_path(target)
+    tmp = tmp.with_name(tmp.name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``; a
     failure leaves ``path`` as it was and raises :class:`~omniseg_rt.errors.OutputError`
     naming it."""
-    target = Path(path)
-    tmp = temp_path(target)
-    with io_errors(target):
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with io_errors(path), replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 _FIXES = {

@@ -8,11 +8,10 @@ and the dynamic heads' MatMuls. BF16 on CPUs needs no graph: it is OpenVINO's co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omniseg_rt._optional import require
-from omniseg_rt.fileutil import temp_path
+from omniseg_rt.fileutil import replacing
 
 #: Op types kept in float32 in FP16 graphs (on top of ONNX Runtime's default block list).
 FLOAT32_OPS = ("InstanceNormalization", "GlobalAveragePool", "ReduceMean", "MatMul", "Softmax")
@@ -27,9 +26,8 @@ def convert_fp16(graph: Path, out: Path) -> dict:
     model = onnx.load(str(graph))
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FLOAT32_OPS))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    tmp = temp_path(out)
-    onnx.save(converted, str(tmp))
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        onnx.save(converted, str(tmp))
     kinds = sorted({n.op_type for n in converted.graph.node})
     return {"float32_ops": list(FLOAT32_OPS), "io": "uint8 in, float32 out", "ops": kinds,
             "tool": "onnxruntime.transformers.float16"}

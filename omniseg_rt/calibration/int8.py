@@ -12,7 +12,6 @@ last convolution unless asked otherwise -- the layers whose rounding costs Dice 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from omniseg_rt._optional import require
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.graph_manifest import INPUT_NAME
-from omniseg_rt.fileutil import temp_path
+from omniseg_rt.fileutil import atomic_write_text, replacing
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
@@ -62,25 +61,25 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
         quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
         convs = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node if n.op_type == "Conv"]
         exclude = ([convs[0]] if "first" in keep_float else []) + ([convs[-1]] if "last" in keep_float else [])
-        tmp_out = temp_path(out)
-        if tool == "nncf":
-            _nncf_quantize(pre, windows, tmp_out, exclude, batch)
-            os.replace(tmp_out, out)
-            model = onnx.load(str(out))
-            count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-            return {"tool": "nncf quantize (performance preset: symmetric; uint8 after ReLU)", "method": "nncf min/max",
-                    "symmetric": True, "per_channel_weights": True, "quantized_ops": "NNCF's choice, MatMul ignored",
-                    "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
-                    "quantize_linear_nodes": count, "calibration_windows": len(windows)}
-        quantize_static(
-            str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method],
-            nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
-        os.replace(tmp_out, out)
+        with replacing(out) as tmp_out:
+            if tool == "nncf":
+                _nncf_quantize(pre, windows, tmp_out, exclude, batch)
+            else:
+                quantize_static(
+                    str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[method],
+                    nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                )
+    if tool == "nncf":
+        model = onnx.load(str(out))
+        count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+        return {"tool": "nncf quantize (performance preset: symmetric; uint8 after ReLU)", "method": "nncf min/max",
+                "symmetric": True, "per_channel_weights": True, "quantized_ops": "NNCF's choice, MatMul ignored",
+                "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
+                "quantize_linear_nodes": count, "calibration_windows": len(windows)}
     model = onnx.load(str(out))
     count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     log.info("quantized %s: %d Q/DQ pairs, %d convolutions kept float", graph.name, count, len(exclude))
@@ -119,7 +118,5 @@ def write_trt_calibration_cache(qdq_graph: Path, path: Path, trt_version: str = 
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
             scale = float(np.asarray(inits[node.input[1]]).reshape(-1)[0])
             lines.append(f"{node.input[0]}: {struct.pack('>f', scale).hex()}")
-    tmp = temp_path(path)
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return len(lines) - 1

@@ -26,7 +26,7 @@ import numpy as np
 
 from omniseg_rt import __version__
 from omniseg_rt.errors import InvalidInputError, MissingFileError
-from omniseg_rt.fileutil import atomic_write_text, read_format_json, sha256_file, temp_path
+from omniseg_rt.fileutil import atomic_write_text, read_format_json, replacing, sha256_file
 from omniseg_rt.graph_manifest import INPUT_NAME
 from omniseg_rt.tissues import SCALE_GROUPS, ScaleGroup
 
@@ -86,9 +86,8 @@ def calibrate(
             entry = {"windows": len(picks)}
             for part, index in parts.items():
                 name = f"{group.name}.npz" if part == "calibration" else f"{group.name}.holdout.npz"
-                tmp = temp_path(out / name).with_suffix(".tmp.npz")
-                np.savez_compressed(tmp, **{INPUT_NAME: images[index]})
-                os.replace(tmp, out / name)
+                with replacing(out / name, suffix=".npz") as tmp:  # savez adds .npz to other names
+                    np.savez_compressed(tmp, **{INPUT_NAME: images[index]})
                 entry[part] = {"file": name, "count": int(len(index)), "sha256": sha256_file(out / name),
                                "origins": [origins[i] for i in index]}
             manifest["groups"][group.name] = entry

@@ -28,7 +28,7 @@ import torch
 
 from omniseg_rt.export.wrapper import FusedGraph
 from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME
-from omniseg_rt.fileutil import temp_path
+from omniseg_rt.fileutil import replacing
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,5 @@ def save(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "omniseg-rt"
-    tmp = temp_path(path)
-    onnx.save(model, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        onnx.save(model, tmp)

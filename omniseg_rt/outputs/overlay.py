@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.tissues import tissue
-from omniseg_rt.fileutil import temp_path
+from omniseg_rt.fileutil import replacing
 
 _BAND_BYTES = 32 << 20  # bytes of full-resolution mask read at a time
 _BOX, _PAD = 12, 6  # legend swatch side and padding, pixels
@@ -114,11 +113,5 @@ def render_overlay(
     image = Image.fromarray(np.rint(picture).astype(np.uint8), "RGB")
     if task_ids:
         image = _legend(image, task_ids)
-    target = Path(path)
-    tmp = temp_path(target)
-    try:
+    with replacing(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

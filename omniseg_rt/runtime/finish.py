@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, temp_path
+from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, replacing
 from omniseg_rt.outputs import (downsample_mask, mask_objects, render_overlay, tissue_stats, to_level0,
                                 write_geojson, write_mask_tiff)
 from omniseg_rt.tissues import TISSUES
@@ -105,11 +104,5 @@ def remove_temp_files(folder: Path) -> None:
 
 
 def _save_png(path: Path, image) -> None:
-    tmp = temp_path(path)
-    with io_errors(path):
-        try:
-            image.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with io_errors(path), replacing(path) as tmp:
+        image.save(tmp, format="PNG")

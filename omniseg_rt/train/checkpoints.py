@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from omniseg_rt import __version__
-from omniseg_rt.fileutil import atomic_write_text, temp_path
+from omniseg_rt.fileutil import atomic_write_text, replacing
 from omniseg_rt.model import OmniSeg, upstream_state_dict
 from omniseg_rt.train.dataset import Sample
 
@@ -40,9 +39,8 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: Path, model: OmniSeg, metadata: dict[str, Any], **state: Any) -> None:
     """Write ``path`` (+ ``path.json``) atomically: model in the original layout, metadata, state."""
     payload = {"model": upstream_state_dict(model), "omniseg_rt": metadata, **state}
-    tmp = temp_path(path)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(payload, tmp)
     atomic_write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2, default=str) + "\n")
 
 
@@ -59,7 +57,6 @@ def save_for_release(source: Path, dest: Path) -> dict[str, Any]:
     """
     state = load_training_state(source)
     payload = {"model": {k: v.half() for k, v in state["model"].items()}, "omniseg_rt": state["omniseg_rt"]}
-    tmp = temp_path(dest)
-    torch.save(payload, tmp)
-    os.replace(tmp, dest)
+    with replacing(dest) as tmp:
+        torch.save(payload, tmp)
     return state["omniseg_rt"]
