@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,16 +18,27 @@ from omniseg_rt.train.losses import edge_ring_weight
 from omniseg_rt.train.sampler import TaskBatchSampler
 
 
-def make_small_set(root: Path, folders=("1_1_pt", "3_0_tuft"), per_folder=4, size=64) -> Path:
-    """Real patches, downscaled to ``size`` px so that CPU training steps take milliseconds."""
+def make_small_set(root: Path, folders=("1_1_pt", "3_0_tuft"), per_folder=4, size=64, crop=False) -> Path:
+    """Real patches, downscaled to ``size`` px so that CPU training steps take milliseconds, or with
+    ``crop`` cut to the ``size`` px square around their labelled objects' centre (objects keep their
+    size in pixels: capillaries a few pixels wide do not vanish)."""
     for folder in folders:
         images = sorted(p for p in (PATCHES / folder).rglob("im_*.png") if "_mask_" not in p.name)[:per_folder]
         for image in images:
             target = root / image.relative_to(PATCHES)
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(image).convert("RGB").resize((size, size)).save(target)
-            mask = next(image.parent.glob(f"{image.stem}_mask_*.png"))
-            Image.open(mask).resize((size, size), Image.NEAREST).save(target.parent / mask.name)
+            mask_file = next(image.parent.glob(f"{image.stem}_mask_*.png"))
+            picture, mask = Image.open(image).convert("RGB"), Image.open(mask_file)
+            if crop:
+                rows, cols = np.nonzero(np.asarray(mask.convert("L")))
+                top = int(np.clip(rows.mean() - size / 2, 0, mask.height - size)) if rows.size else 0
+                left = int(np.clip(cols.mean() - size / 2, 0, mask.width - size)) if cols.size else 0
+                box = (left, top, left + size, top + size)
+                picture, mask = picture.crop(box), mask.crop(box)
+            else:
+                picture, mask = picture.resize((size, size)), mask.resize((size, size), Image.NEAREST)
+            picture.save(target)
+            mask.save(target.parent / mask_file.name)
     return root
 
 
@@ -110,10 +122,11 @@ def test_edge_ring_weight_on_a_hand_made_mask():
     torch.testing.assert_close(weight, expected)
 
 
-def _train(data, out, epochs, **kwargs):
+def _train(data, out, epochs, recipe="omniseg-rt", **kwargs):
     from omniseg_rt.train.trainer import TrainConfig, train
 
-    config = TrainConfig(epochs=epochs, batch_size=2, val_fraction=0.25, seed=7, device="cpu", **kwargs)
+    config = TrainConfig.from_recipe(recipe, **{"epochs": epochs, "batch_size": 2, "val_fraction": 0.25, "seed": 7,
+                                                "device": "cpu", **kwargs})
     return train(data, out, config)
 
 
@@ -186,3 +199,97 @@ def test_patience_counts_epochs_since_the_best_score():
     assert _epochs_since_best([{"score": s} for s in scores]) == 3
     assert _epochs_since_best([{"score": s} for s in (0.1, 0.2)]) == 0
     assert _epochs_since_best([]) == 0
+
+
+def test_augmentation_moves_masks_exactly_with_images():
+    """An image whose pixels are its mask (white object, black ground) must still match its mask
+    after augmentation: a geometric transform applied to one and not the other, or differently,
+    would leave half a checkerboard disagreeing."""
+    from omniseg_rt.train.augment import augment, build_augmentation
+
+    torch.manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    mask = (((rows // 16) + (cols // 8)) % 2 == 0).float()[None, None].repeat(64, 1, 1, 1)
+    mask[:, :, :32, :48] = 1.0  # asymmetric, so that flips and rotations show
+    images, masks = augment(build_augmentation(), mask.repeat(1, 3, 1, 1).clone(), mask.clone())
+    moved = (masks != mask).flatten(1).any(1)
+    assert moved.sum() >= 32  # most samples were transformed geometrically
+    from_pixels = (images.mean(1, keepdim=True) > 0.5).float()
+    disagree = (from_pixels != masks).float().flatten(1).mean(1)
+    # only pixels next to an edge (interpolation, blur) or in an erased patch may differ
+    assert disagree.mean() < 0.01 and disagree.max() < 0.06, disagree
+
+
+ALL_TISSUES = ("0_1_dt", "1_1_pt", "2_0_capsule", "3_0_tuft", "4_1_vessel", "5_3_ptc")
+
+
+def test_every_tissue_learns_in_a_short_run(tmp_path, request):
+    """The regression test for the collapse of the first demo model (four heads predicting nothing,
+    even on their training patches): two real 64 px crops per tissue, 45 epochs on the CPU; every
+    tissue's training loss falls below half its first epoch's and its head fits its patches.
+    Measured (seed 7): the slowest tissue, DT, ends at 0.44 of its first loss with this recipe; the
+    original recipe (``--recipe original``) ends with DT, TUFT and PTC at a training Dice of 0 and
+    their losses at 0.67-0.97 of their first."""
+    from omniseg_rt.tissues import TISSUES
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the figures above are single-threaded (sums in another order drift)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    data = make_small_set(tmp_path / "set", folders=ALL_TISSUES, per_folder=2, size=64, crop=True)
+    summary = _train(data, tmp_path / "run", epochs=45, augment=False, val_fraction=0.2)
+    history = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["history"]
+    assert summary["train"] == 10 and set(history[0]["train_loss"]) == {t.abbrev for t in TISSUES}
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    fallen = {t: last[t] / first[t] for t in first}
+    assert all(ratio < 0.5 for ratio in fallen.values()), fallen
+    assert min(history[-1]["train_dice"].values()) > 0.4, history[-1]["train_dice"]
+
+
+def test_a_step_leaves_the_other_tissues_of_the_controller_alone():
+    """Adam moves parameters whose gradient is zero on the momentum of earlier batches: each
+    tissue's part of the controller moved on every other tissue's batch too. Kept, it does not."""
+    from omniseg_rt.model import OmniSeg
+    from omniseg_rt.train.recipe import OtherTissuesKept, param_groups, tissue_columns
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    for keep, family in ((True, "scale"), (False, "scale"), (True, "midl")):
+        model = OmniSeg(family)
+        optimizer = torch.optim.AdamW(param_groups(model, 1e-3, 1.0), lr=1e-3)
+        for task in (1, 3):  # PT (scale 1), then TUFT (scale 0)
+            scale = {1: 1, 3: 0}[task]
+            before = model.controller_conv.weight.detach().clone().flatten(1)
+            optimizer.zero_grad()
+            model.forward_tasks(images, [task]).square().mean().backward()
+            with OtherTissuesKept(optimizer, model, task, scale, enabled=keep):
+                optimizer.step()
+            after = model.controller_conv.weight.detach().flatten(1)
+        moved = (after != before).any(0)
+        pt, tuft = tissue_columns(model, 1, 1), tissue_columns(model, 3, 0)
+        assert moved[tuft].any()  # the batch's own tissue learns
+        assert moved[pt].any() != keep, (family, keep)  # PT's columns drift only when not kept
+        state = optimizer.state[model.controller_conv.weight]["exp_avg"].flatten(1)
+        assert (state[:, pt] != 0).any()  # PT's momentum is kept for PT's next batch
+
+
+def test_live_heads_start_alive_and_the_controller_steps_gently():
+    from omniseg_rt.model import OmniSeg
+    from omniseg_rt.train.recipe import head_activity, init_live_heads, param_groups, selection_score
+
+    from conftest import real_patches
+
+    images = torch.from_numpy(real_patches(6))
+    default, live = OmniSeg("scale"), OmniSeg("scale")
+    init_live_heads(live, seed=0)
+    for task, scale in ((0, 1), (2, 0), (5, 3)):
+        was = head_activity(default, images, task, scale)
+        now = head_activity(live, images, task, scale)
+        assert was["margin"].std() < 0.02  # the default heads: nearly one constant
+        assert now["margin"].std() > 10 * was["margin"].std()
+        assert now["live_1"] > 0.2 and now["live_2"] > 0.2
+    groups = param_groups(live, 1e-3, 0.2)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(2e-4)]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in live.parameters())
+    assert selection_score({"CAP": 0.8, "DT": 0.0}, "mean") == pytest.approx(0.4)
+    assert selection_score({"CAP": 0.8, "DT": 0.0}, "harmonic") < 0.01  # a tissue at 0 is not hidden
+    assert selection_score({"CAP": 0.8, "DT": 0.6}, "harmonic") == pytest.approx(2 / (1 / 0.8 + 1 / 0.6))

@@ -9,6 +9,7 @@ import typer
 
 from omniseg_rt.cli.errors import domain_errors
 from omniseg_rt.cli.render import console, print_json, rows_table
+from omniseg_rt.errors import UsageError
 
 
 def train(
@@ -16,8 +17,26 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory (last.pth, best.pth and their .json).")],
     epochs: Annotated[int, typer.Option(help="Epochs (poly decay runs over them).")] = 100,
     batch_size: Annotated[int, typer.Option(help="Patches per batch (one tissue per batch).")] = 4,
-    optimizer: Annotated[str, typer.Option(help="sgd (original: momentum 0.99, Nesterov) or adam (AdamW).")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Initial learning rate (poly decay).")] = 1e-3,
+    recipe: Annotated[str, typer.Option(
+        help="omniseg-rt (every tissue's head keeps learning; see DEVELOPERS.md) or original (the paper's code). "
+             "The options below override its choices.")] = "omniseg-rt",
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="sgd (momentum 0.99, Nesterov) or adam (AdamW). Default: the recipe's.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Initial learning rate (poly decay). Default: the recipe's.")] = None,
+    controller_lr_scale: Annotated[Optional[float], typer.Option(
+        help="The controller's learning rate as a share of --lr. Default: the recipe's (0.2; original 1).")] = None,
+    head_init: Annotated[Optional[str], typer.Option(
+        help="live (heads start as He-initialised MLPs) or default (PyTorch's). Default: the recipe's.")] = None,
+    keep_other_tissues: Annotated[Optional[bool], typer.Option(
+        "--keep-other-tissues/--move-other-tissues",
+        help="Leave the controller parts of tissues not in a batch untouched by the optimizer's momentum. "
+             "Default: the recipe's (kept; original: moved).")] = None,
+    balanced_loss: Annotated[Optional[bool], typer.Option(
+        "--balanced-loss/--plain-loss",
+        help="Weigh foreground and background pixels half each in the BCE term. Default: the recipe's "
+             "(balanced; original: plain).")] = None,
+    select: Annotated[Optional[str], typer.Option(
+        help="Best epoch by the harmonic or the plain mean of per-tissue validation Dice. Default: the recipe's.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of patches for validation, split by source image.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of split, sampler, initialisation and augmentation.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -36,10 +55,13 @@ def train(
     from omniseg_rt.train.trainer import TrainConfig
     from omniseg_rt.train.trainer import train as run
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, val_fraction=val_fraction, seed=seed,
-                         device=device, amp=amp, workers=workers, family=family,
-                         init=str(init) if init else None, augment=augment,
-                         patience=patience)
+    config = TrainConfig.from_recipe(
+        recipe, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        controller_lr_scale=controller_lr_scale, head_init=head_init, keep_other_tissues=keep_other_tissues,
+        balanced_loss=balanced_loss,
+        select=select, val_fraction=val_fraction,
+        seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
+        augment=augment, patience=patience)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -53,9 +75,10 @@ def train(
             elif event["event"] == "stopped":
                 progress.console.print(f"no better validation Dice for {event['patience']} epochs: stopping")
             else:
-                dice = ", ".join(f"{k} {v:.3f}" for k, v in event["val_dice"].items())
-                progress.console.print(f"epoch {event['epoch']}: loss {event['loss']:.3f}; val Dice {dice or '-'}"
-                                       + ("  [green]best[/]" if event["improved"] else ""))
+                dice = ", ".join(f"{k} {v:.2f}" for k, v in event["val_dice"].items())
+                fit = ", ".join(f"{k} {v:.2f}" for k, v in event.get("train_dice", {}).items())
+                progress.console.print(f"epoch {event['epoch']}: loss {event['loss']:.3f}; val Dice {dice or '-'}; "
+                                       f"train Dice {fit or '-'}" + ("  [green]best[/]" if event["improved"] else ""))
 
         try:
             summary = run(data, out, config, resume=resume, on_progress=show)
@@ -65,7 +88,8 @@ def train(
                           f"continue with the same command and --resume")
             raise typer.Exit(130) from None
     console.print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s, "
-                  f"{summary['patches_per_s']:.2f} patches/s; best mean val Dice {summary['best_score']:.3f}; "
+                  f"{summary['patches_per_s']:.2f} patches/s; best validation score {summary['best_score']:.3f} "
+                  f"({config.select} mean of the tissues' Dice); "
                   f"checkpoints in {out}")
 
 
@@ -74,6 +98,13 @@ def evaluate(
     model: Annotated[Optional[Path], typer.Option(
         help="Checkpoint, exported .onnx graph or engine directory. Default: the bundled demo model.")] = None,
     stain: Annotated[Optional[list[str]], typer.Option(help="Only these stains (repeatable).")] = None,
+    split: Annotated[str, typer.Option(
+        help="all patches, or the train / val side of the split omniseg-rt train makes (by source image).")] = "all",
+    val_fraction: Annotated[float, typer.Option(help="With --split: the training run's --val-fraction.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="With --split: the training run's --seed.")] = 0,
+    sheet: Annotated[Optional[Path], typer.Option(
+        help="Also write a picture: per tissue, patches with the reference and the predicted outlines.")] = None,
+    sheet_patches: Annotated[int, typer.Option(help="Patches per tissue on the --sheet picture.")] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Per-tissue foreground Dice and IoU, each patch scored for its own tissue, by stain."""
@@ -81,8 +112,15 @@ def evaluate(
     from omniseg_rt.evaluate import evaluate as run
     from omniseg_rt.evaluate import predictor
 
+    from omniseg_rt.evaluate import SPLITS
+
+    if split not in SPLITS:
+        raise UsageError(f"--split {split}: choose {', '.join(SPLITS)}")
+    if sheet_patches < 1:
+        raise UsageError(f"--sheet-patches {sheet_patches}: must be at least 1")
     predict, description = predictor(model if model is not None else demo_model())
-    result = {"model": description, **run(data, predict, stain)}
+    result = {"model": description, **run(data, predict, stain, split=split, val_fraction=val_fraction, seed=seed,
+                                          sheet=sheet, sheet_patches=sheet_patches)}
     if json_out:
         print_json(result)
         return
@@ -90,8 +128,10 @@ def evaluate(
     rows = [[r["abbrev"], r["patches"], f"{r['dice']:.3f}", f"{r['iou']:.3f}",
              *(f"{r['by_stain'][s]['dice']:.3f}" if s in r["by_stain"] else "" for s in stains)]
             for r in result["tissues"]]
-    console.print(rows_table(f"{description}: mean Dice {result['mean_dice']:.3f}",
+    console.print(rows_table(f"{description}, {result['split']} patches: mean Dice {result['mean_dice']:.3f}",
                              ["tissue", "patches", "Dice", "IoU", *(f"Dice {s}" for s in stains)], rows))
+    if sheet is not None:
+        console.print(f"picture: {sheet}")
 
 
 def register(app: typer.Typer) -> None:

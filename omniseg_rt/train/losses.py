@@ -1,4 +1,5 @@
-"""The original training loss: Dice + BCE per channel, weighted 1.2 on a 2-pixel ring outside objects."""
+"""The training loss: Dice + BCE per channel, weighted 1.2 on a 2-pixel ring outside objects (the
+original's), optionally with the BCE balanced between foreground and background per patch."""
 
 from __future__ import annotations
 
@@ -18,11 +19,29 @@ def edge_ring_weight(mask: torch.Tensor, width: int = RING_WIDTH, weight: float 
     return torch.where(ring, torch.full_like(grown, weight), torch.ones_like(grown))
 
 
-def dice_bce_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Loss of one task's logits [N, 2, H, W] (background, foreground) against mask [N, 1, H, W]."""
+def class_balance_weight(mask: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weights [N, 1, H, W] under which a patch's foreground and background pixels weigh
+    half each (0.5 / share of each class; a patch with one class only: weights 1 there)."""
+    share = mask.float().mean(dim=(2, 3), keepdim=True)
+    fg = torch.where(share > 0, 0.5 / share.clamp_min(1e-6), torch.zeros_like(share))
+    bg = torch.where(share < 1, 0.5 / (1 - share).clamp_min(1e-6), torch.zeros_like(share))
+    one_class = (share == 0) | (share == 1)
+    weight = torch.where(mask > 0, fg, bg)
+    return torch.where(one_class, torch.ones_like(weight), weight)
+
+
+def dice_bce_loss(logits: torch.Tensor, mask: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+    """Loss of one task's logits [N, 2, H, W] (background, foreground) against mask [N, 1, H, W].
+
+    ``balanced``: the BCE term weighs each patch's foreground and background pixels half each
+    (:func:`class_balance_weight`), so that the best constant guess is a margin of 0 for every
+    tissue, however sparse; the original weighs every pixel alike, which for the scale-aware
+    controller (no bias of its own per tissue) kept the sparse tissues' margins below 0 everywhere.
+    """
     target = torch.cat([1.0 - mask, mask], dim=1).to(logits.dtype)
     weight = edge_ring_weight(mask).to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight.expand_as(logits))
+    bce_weight = weight * class_balance_weight(mask).to(logits.dtype) if balanced else weight
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=bce_weight.expand_as(logits))
     prob = torch.sigmoid(logits)
     inter = (weight * prob * target).sum(dim=(2, 3))
     union = (weight * prob).sum(dim=(2, 3)) + (weight * target).sum(dim=(2, 3))
