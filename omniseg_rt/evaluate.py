@@ -15,7 +15,7 @@ import numpy as np
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
 from omniseg_rt.tissues import TISSUES
-from omniseg_rt.train.dataset import discover, load_sample
+from omniseg_rt.train.dataset import discover, load_sample, split_by_source
 
 Predict = Callable[[np.ndarray, int], np.ndarray]  # uint8 [B, 3, H, W], task -> margins [B, H, W]
 
@@ -74,19 +74,40 @@ def _scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (1.0 if total == 0 else 2 * inter / total), (1.0 if union == 0 else inter / union)
 
 
-def evaluate(data: str | os.PathLike, predict: Predict, stains: list[str] | None = None) -> dict:
-    """Mean per-patch Dice and IoU per tissue (and per tissue and stain) on ``data``."""
+#: which patches of a set: all, or the training or held-out side of the trainer's split
+SPLITS = ("all", "train", "val")
+
+
+def evaluate(data: str | os.PathLike, predict: Predict, stains: list[str] | None = None, split: str = "all",
+             val_fraction: float = 0.2, seed: int = 0, sheet: str | os.PathLike | None = None,
+             sheet_patches: int = 4) -> dict:
+    """Mean per-patch Dice and IoU per tissue (and per tissue and stain) on ``data``.
+
+    ``split``: ``all`` patches, or the ``train`` / ``val`` side of the split ``omniseg-rt train``
+    makes with the same ``val_fraction`` and ``seed`` (by source image). ``sheet``: also draw the
+    first ``sheet_patches`` patches of each tissue with their reference and predicted outlines
+    (:func:`omniseg_rt.outputs.sheet.render_sheet`).
+    """
     samples = discover(data).samples
+    if split not in SPLITS:
+        raise InvalidInputError(f"split {split!r}: choose {', '.join(SPLITS)}")
+    if split != "all":
+        train_idx, val_idx = split_by_source(samples, val_fraction, seed)
+        samples = [samples[i] for i in (train_idx if split == "train" else val_idx)]
     if stains:
         wanted = {s.lower() for s in stains}
         samples = [s for s in samples if s.stain.lower() in wanted]
         if not samples:
             raise InvalidInputError(f"{data}: no patches with stain {sorted(wanted)}")
     per: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    examples: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]] = []
     for s in samples:
         image, mask = load_sample(s)
-        margin = predict(image[None], s.task_id)[0]
-        per.setdefault(s.task_id, {}).setdefault(s.stain, []).append(_scores(margin > 0, mask))
+        pred = predict(image[None], s.task_id)[0] > 0
+        scores = _scores(pred, mask)
+        per.setdefault(s.task_id, {}).setdefault(s.stain, []).append(scores)
+        if sheet is not None and sum(e[0] == s.task_id for e in examples) < sheet_patches:
+            examples.append((s.task_id, image, mask, pred, scores[0]))
     rows = []
     for task in sorted(per):
         every = [v for values in per[task].values() for v in values]
@@ -96,5 +117,10 @@ def evaluate(data: str | os.PathLike, predict: Predict, stains: list[str] | None
             "by_stain": {stain: {"patches": len(v), "dice": float(np.mean([d for d, _ in v])),
                                  "iou": float(np.mean([i for _, i in v]))} for stain, v in sorted(per[task].items())},
         })
-    return {"data": str(data), "patches": len(samples), "tissues": rows,
+    if sheet is not None:
+        from omniseg_rt.outputs.sheet import render_sheet
+
+        render_sheet(sheet, sorted(examples, key=lambda e: e[0]))
+    return {"data": str(data), "split": split if split == "all" else f"{split} (val_fraction {val_fraction}, seed {seed})",
+            "patches": len(samples), "tissues": rows, **({"sheet": str(sheet)} if sheet is not None else {}),
             "mean_dice": float(np.mean([r["dice"] for r in rows]))}

@@ -48,3 +48,20 @@ def test_bundled_graph_is_the_bundled_model():
     assert manifest["source"]["sha256"] == sha256_file(DEMO_MODEL)
     assert [t["task_id"] for t in manifest["tissues"]] == list(range(6))
     assert manifest["weights_stored_as_fp16"] > 0 and manifest["parity"]["ok"]
+
+
+def test_evaluate_splits_like_training_and_draws_a_sheet(tmp_path):
+    from PIL import Image
+
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("evaluate", str(PATCHES), "--split", "val", "--sheet", str(sheet), "--sheet-patches", "2",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    val = json.loads(result.stdout)
+    card = json.loads(DEMO_CARD.read_text())
+    assert val["patches"] == card["val_patches"] and val["split"].startswith("val")
+    assert {r["abbrev"] for r in val["tissues"]} == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
+    with Image.open(sheet) as picture:  # one row per tissue, up to two patches (two tiles each) per row
+        assert picture.size[1] > 6 * 192 and picture.size[0] > 2 * 2 * 192
+    bad = run_cli("evaluate", str(PATCHES), "--split", "test")
+    assert bad.returncode == 2 and "--split test" in bad.stderr

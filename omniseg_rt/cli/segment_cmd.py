@@ -62,17 +62,36 @@ def segment(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("omniseg-demo"),
     force: Annotated[bool, typer.Option(help="Redo it even if it is complete.")] = False,
+    patches: Annotated[Optional[Path], typer.Option(
+        help="Labelled kidney patches (Omni-Seg layout): also score the model on them and draw each tissue's "
+             "predicted outlines beside the reference ones (OUT/kidney_patches.png).")] = None,
 ) -> None:
     """Segment the bundled sample slide with the bundled model: see what segment writes."""
     from omniseg_rt.data import SAMPLE_SLIDE
 
+    if patches is not None and not patches.is_dir():
+        raise UsageError(f"--patches {patches}: not a folder of labelled patches")
     results = _run([SAMPLE_SLIDE], out=out, tissues="all", force=force)
     if results and results[0].status != "failed":
-        console.print(f"open {Path(results[0].out) / 'overlay.png'} for a picture; import "
-                      f"{Path(results[0].out) / 'objects.geojson'} into QuPath (File > Import objects) "
-                      f"over the slide {SAMPLE_SLIDE}")
+        console.print(f"open {Path(results[0].out) / 'overlay.png'} for a picture (the sample slide is skin, not "
+                      f"kidney); import {Path(results[0].out) / 'objects.geojson'} into QuPath (File > Import "
+                      f"objects) over the slide {SAMPLE_SLIDE}")
+    if patches is not None:
+        _score_patches(patches, out / "kidney_patches.png")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _score_patches(patches: Path, sheet: Path) -> None:
+    """The bundled model's Dice per tissue on ``patches`` and a picture of its outlines (no PyTorch:
+    the bundled graph in ONNX Runtime)."""
+    from omniseg_rt.data import demo_graph
+    from omniseg_rt.evaluate import evaluate, predictor
+
+    result = evaluate(patches, predictor(demo_graph())[0], sheet=sheet)
+    rows = [(r["abbrev"], r["patches"], f"{r['dice']:.3f}") for r in result["tissues"]]
+    console.print(rows_table(f"the bundled model on {patches}", ("tissue", "patches", "Dice"), rows))
+    console.print(f"open {sheet}: per tissue, reference outlines (white) beside predicted ones")
 
 
 def _run(slides, quiet: bool = False, **options):

@@ -53,7 +53,7 @@ def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` (bool [h, w]) with a 4-neighbour outside it: bool [h, w]."""
     inner = mask.copy()
     inner[1:] &= mask[:-1]
@@ -107,7 +107,7 @@ def render_overlay(
         if on.shape != thumb.shape[:2]:
             raise InvalidInputError(f"layer of task {task_id} has shape {on.shape}; the thumbnail is {thumb.shape[:2]}")
         picture[on] = (1 - alpha) * picture[on] + alpha * colour
-        picture[_outline(on)] = colour
+        picture[outline(on)] = colour
         if task_id not in task_ids:
             task_ids.append(task_id)
     image = Image.fromarray(np.rint(picture).astype(np.uint8), "RGB")
