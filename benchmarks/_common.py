@@ -63,16 +63,12 @@ def round_robin_seconds(runs: list[Callable[[], object]], repeats: int) -> list[
 
 
 def environment() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
+    """Python, machine, CPU name, cores and the vector extensions that decide CPU speed."""
+    from omniseg_rt.hardware import cpu_summary
+
+    cpu = cpu_summary()
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cpu": cpu["name"], "cpu_flags": cpu["flags"]}
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -22,7 +22,7 @@ from rich.table import Table
 from _common import environment, parser, real_windows, round_robin_seconds, write_result
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.bench import gemm_ceiling, gflop_per_window
-from omniseg_rt.engines.hardware import native_bf16
+from omniseg_rt.hardware import native_bf16
 from omniseg_rt.model import load_checkpoint
 
 

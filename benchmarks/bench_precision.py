@@ -25,7 +25,7 @@ from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.calibration.sampling import calibrate, load_windows
 from omniseg_rt.data import DEMO_GRAPH
 from omniseg_rt.engines import build_engine, open_engine
-from omniseg_rt.engines.hardware import native_bf16
+from omniseg_rt.hardware import native_bf16
 
 
 def main() -> None:

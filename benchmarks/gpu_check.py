@@ -1,8 +1,7 @@
 """One command for a machine with an NVIDIA GPU: TensorRT engines checked and timed.
 
 1. builds the CPU fp32 reference engine (ONNX Runtime, all tissues);
-2. builds TensorRT fp16 engines, without and with CUDA graphs (and int8 when --calibration is
-   given) with the gpu profiles;
+2. builds a TensorRT fp16 engine (and int8 when --calibration is given) with the gpu profiles;
 3. checks each against the reference on real windows: per-tissue Dice agreement, max |diff|;
 4. times TensorRT against the torch backend on CUDA in fp32 and fp16.
 
@@ -24,7 +23,7 @@ from rich.table import Table
 from _common import environment, median_seconds, real_windows, write_result
 from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.engines import build_engine, open_engine
-from omniseg_rt.engines.hardware import nvidia_gpus
+from omniseg_rt.hardware import nvidia_gpus
 
 
 def main() -> None:
@@ -39,19 +38,19 @@ def main() -> None:
     if not gpus:
         raise SystemExit("no NVIDIA GPU found (nvidia-smi): this check needs one")
     windows = real_windows(args.batch, args.window)
-    # (backend, precision, device, CUDA graphs)
-    builds = [("onnxruntime", "fp32", "cpu", None), ("tensorrt", "fp16", None, False), ("tensorrt", "fp16", None, True),
-              ("torch", "fp32", "cuda", None), ("torch", "fp16", "cuda", None)]
+    # (backend, precision, device)
+    builds = [("onnxruntime", "fp32", "cpu"), ("tensorrt", "fp16", None), ("torch", "fp32", "cuda"),
+              ("torch", "fp16", "cuda")]
     if args.calibration:
-        builds.append(("tensorrt", "int8", None, False))
+        builds.append(("tensorrt", "int8", None))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         reference = None
-        for backend, precision, device, graphs in builds:
-            name = f"{backend}-{precision}" + ("-graphs" if graphs else "")
+        for backend, precision, device in builds:
+            name = f"{backend}-{precision}"
             path, manifest = build_engine(
                 args.checkpoint, backend=backend, precision=precision, tissues="all", window=args.window,
-                device=device, profile=f"gpu-{precision}" if backend == "tensorrt" else None, cuda_graphs=graphs,
+                device=device, profile=f"gpu-{precision}" if backend == "tensorrt" else None,
                 calibration=args.calibration if precision == "int8" else None, out=Path(tmp) / name,
             )
             with open_engine(path) as engine:
@@ -61,7 +60,7 @@ def main() -> None:
             if reference is None:
                 reference = out
             agreement = compare_margins(tissues, reference, out)
-            rows.append({"backend": backend, "precision": precision, "device": device or "cuda", "cuda_graphs": graphs,
+            rows.append({"backend": backend, "precision": precision, "device": device or "cuda",
                          "seconds_per_batch": seconds, "windows_per_second": args.batch / seconds,
                          "min_dice_vs_cpu_fp32": min(r["dice"] for r in agreement),
                          "max_abs_vs_cpu_fp32": max(r["max_abs"] for r in agreement), "agreement": agreement})
@@ -70,8 +69,7 @@ def main() -> None:
     for column in ("engine", "windows/s", "min Dice vs CPU fp32", "max |diff|"):
         table.add_column(column)
     for r in rows:
-        graphs = " + CUDA graphs" if r["cuda_graphs"] else ""
-        table.add_row(f"{r['backend']} {r['precision']}{graphs} ({r['device']})", f"{r['windows_per_second']:.1f}",
+        table.add_row(f"{r['backend']} {r['precision']} ({r['device']})", f"{r['windows_per_second']:.1f}",
                       f"{r['min_dice_vs_cpu_fp32']:.4f}", f"{r['max_abs_vs_cpu_fp32']:.3g}")
     Console().print(table)
     print(f"wrote {write_result('gpu_check', {'gpu': gpus[0], 'environment': environment(), 'rows': rows})}")

@@ -104,3 +104,12 @@ def read_format_json(path: Path, expected_format: str, what: str, fix: str) -> d
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
         raise InvalidInputError(f"{path}: not an omniseg-rt {what} (format {expected_format!r} expected)")
     return manifest
+
+
+def cache_dir() -> Path:
+    """omniseg-rt's cache folder: ``$OMNISEG_RT_CACHE``, else ``$XDG_CACHE_HOME/omniseg-rt``, else
+    ``~/.cache/omniseg-rt`` (default engines, TensorRT plans and timing caches)."""
+    if os.environ.get("OMNISEG_RT_CACHE"):
+        return Path(os.environ["OMNISEG_RT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "omniseg-rt"

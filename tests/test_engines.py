@@ -12,8 +12,8 @@ import torch
 from conftest import UPSTREAM, real_patches, run_cli
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.build import AccuracyGateError
-from omniseg_rt.engines.hardware import native_bf16
 from omniseg_rt.errors import InvalidInputError, MissingFileError
+from omniseg_rt.hardware import native_bf16
 from omniseg_rt.model import load_checkpoint
 
 
@@ -181,11 +181,11 @@ def test_cli_build_inspect_bench(tmp_path, ort_all):
     (["--precision", "int8"], "calibration"),
     (["--profile", "no-such-profile"], "shipped profiles"),
     (["--backend", "torch", "--precision", "fp16"], "CUDA"),
-    (["--backend", "onnxruntime", "--cuda-graphs"], "CUDA graphs are a TensorRT runtime option"),
+    (["--backend", "onnxruntime", "--cuda-graphs"], "has no graph-capture API"),
 ])
 def test_cli_build_errors(tmp_path, args, words):
     result = run_cli("build", str(UPSTREAM["midl"]), "--out", str(tmp_path / "e"), *args)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == (2 if "--cuda-graphs" in args else 1), result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists()
 
@@ -201,3 +201,23 @@ def test_build_defaults_to_the_demo_model(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["source"]["path"] == str(DEMO_MODEL) and manifest["family"] == "scale"
+
+
+def test_a_worker_rebuilds_an_engine_that_does_not_open_with_every_choice_kept(tmp_path):
+    """A Ray worker whose machine refuses the engine (a TensorRT plan from another GPU, here a
+    damaged graph file) builds an equivalent one beside it: the same backend, precision, window,
+    gate threshold and quantizer options, not what ``auto`` would pick on that machine."""
+    from omniseg_rt.data import DEMO_GRAPH
+    from omniseg_rt.distributed.worker import local_engine
+
+    path, manifest = build_engine(DEMO_GRAPH, backend="onnxruntime", precision="fp32", window=128, min_dice=0.9,
+                                  calibration_method="entropy", out=tmp_path / "engine", threads=1)
+    (path / manifest["graphs"][0]["file"]).write_bytes(b"damaged")
+    engine, note = local_engine(path, threads=1)
+    engine.close()
+    [local] = [p for p in tmp_path.iterdir() if p.name.startswith("engine.")]
+    rebuilt = json.loads((local / "manifest.json").read_text())
+    assert note.startswith("rebuilt for this machine") and "do not match" in note
+    assert (rebuilt["backend"], rebuilt["precision"], rebuilt["window"]) == ("onnxruntime", "fp32", 128)
+    kept = ("source", "backend", "precision", "window", "min_dice", "calibration_method", "int8_tool", "device")
+    assert {k: rebuilt["rebuild"][k] for k in kept} == {k: manifest["rebuild"][k] for k in kept}

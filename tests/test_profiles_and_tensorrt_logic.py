@@ -9,7 +9,6 @@ import pytest
 from omniseg_rt.engines import registry
 from omniseg_rt.engines.profiles import SHIPPED, load_profile, parse_profile
 from omniseg_rt.engines.tensorrt_logic import (
-    ShapeGraphs,
     build_plan,
     cache_key,
     compatibility_problems,
@@ -28,7 +27,6 @@ def test_shipped_profiles_are_valid():
     orin = load_profile("jetson-orin-fp16")
     assert (orin.backend, orin.precision, orin.batch_max, orin.workspace_mb) == ("tensorrt", "fp16", 4, 1024)
     assert load_profile(SHIPPED / "cpu.toml").backend == "openvino"
-    assert orin.cuda_graphs and not load_profile("gpu-fp16").cuda_graphs
 
 
 @pytest.mark.parametrize("text, words", [
@@ -37,7 +35,7 @@ def test_shipped_profiles_are_valid():
     ('[batch]\nmin = 4\nopt = 2\nmax = 8\n', "batch range"),
     ("window = 500\n", "window 500"),
     ("backend = \n", "not valid TOML"),
-    ('cuda_graphs = "yes"\n', "cuda_graphs 'yes'"),
+    ("cuda_graphs = true\n", "pycuda, which the TensorRT runtime uses, has no graph-capture API"),
 ])
 def test_bad_profiles(text, words):
     with pytest.raises(InvalidInputError, match=words.replace("[", r"\[").replace("]", r"\]")):
@@ -102,57 +100,46 @@ def test_tensorrt_backend_imports():
     assert "tensorrt" in tensorrt_backend.versions()
 
 
-class _Recorder:
-    """Plain callables standing in for enqueue / capture / replay, recording what ShapeGraphs asked."""
-
-    def __init__(self, fail_capture: bool = False) -> None:
-        self.calls: list[str] = []
-        self.fail_capture = fail_capture
-
-    def execute(self) -> None:
-        self.calls.append("execute")
-
-    def capture(self):
-        self.calls.append("capture")
-        if self.fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return f"graph{len(self.calls)}"
-
-    def replay(self, graph) -> None:
-        self.calls.append(f"replay {graph}")
-
-
-def test_cuda_graph_per_batch_size():
-    graphs, rec = ShapeGraphs(enabled=True), _Recorder()
-    outcomes = [graphs.enqueue(n, rec.execute, rec.capture, rec.replay) for n in (8, 8, 3, 8, 3)]
-    # each size: one normal enqueue (TensorRT's required run after a shape change), a capture, then replays
-    assert outcomes == ["captured", "replayed", "captured", "replayed", "replayed"]
-    assert rec.calls == ["execute", "capture", "replay graph2", "execute", "capture", "replay graph2",
-                         "replay graph5"]
-    assert sorted(graphs.graphs) == [3, 8]
-
-
-def test_cuda_graph_capture_failure_falls_back(caplog):
-    graphs, rec = ShapeGraphs(enabled=True), _Recorder(fail_capture=True)
-    outcomes = [graphs.enqueue(n, rec.execute, rec.capture, rec.replay) for n in (4, 4, 2)]
-    assert outcomes == ["executed", "executed", "executed"]
-    assert rec.calls == ["execute", "capture", "execute", "execute"]  # one try, then never again
-    assert "running without CUDA graphs" in caplog.text and not graphs.enabled
-    off, rec = ShapeGraphs(enabled=False), _Recorder()
-    assert [off.enqueue(4, rec.execute, rec.capture, rec.replay) for _ in range(2)] == ["executed"] * 2
-    assert rec.calls == ["execute", "execute"]
-
-
-def test_rebuild_command_keeps_every_choice():
-    from omniseg_rt.engines.manifest import rebuild_command
+def test_rebuild_command_and_arguments_keep_every_choice():
+    from omniseg_rt.engines.manifest import rebuild_args, rebuild_command
 
     manifest = {"rebuild": {"source": "m.pth", "backend": "tensorrt", "precision": "int8", "tissues": None,
                             "profile": "jetson-orin-int8", "out": "engines/orin", "calibration": "calibration/lab",
-                            "cuda_graphs": True, "graph_rewrites": True}}
+                            "window": 512, "device": "auto", "calibration_method": "entropy",
+                            "int8_tool": "onnxruntime", "min_dice": 0.95, "graph_rewrites": True}}
     assert rebuild_command(manifest) == ("omniseg-rt build m.pth --backend tensorrt --precision int8 "
-                                         "--profile jetson-orin-int8 --calibration calibration/lab "
-                                         "--out engines/orin --cuda-graphs")
-    manifest["rebuild"].update(backend="openvino", cuda_graphs=False, graph_rewrites=False, calibration=None,
-                               profile=None)
+                                         "--profile jetson-orin-int8 --calibration calibration/lab --window 512 "
+                                         "--calibration-method entropy --min-dice 0.95 --out engines/orin")
+    assert rebuild_args(manifest, out="here") == {
+        "model": "m.pth", "backend": "tensorrt", "precision": "int8", "profile": "jetson-orin-int8",
+        "calibration": "calibration/lab", "window": 512, "device": "auto", "calibration_method": "entropy",
+        "int8_tool": "onnxruntime", "min_dice": 0.95, "out": "here"}
+    manifest["rebuild"].update(backend="openvino", graph_rewrites=False, calibration=None, profile=None,
+                               calibration_method="minmax", min_dice=0.97)
     assert rebuild_command(manifest, precision="fp32") == ("omniseg-rt build m.pth --backend openvino "
-                                                           "--precision fp32 --out engines/orin --no-graph-rewrites")
+                                                           "--precision fp32 --window 512 --out engines/orin "
+                                                           "--no-graph-rewrites")
+    assert rebuild_args(manifest)["graph_rewrites"] is False
+
+
+def test_exported_graphs_use_only_what_the_tensorrt_10_parser_supports(tmp_path):
+    """Static check against ONNX-TensorRT 10.1 GA's docs/operators.md (TensorRT itself is absent):
+    the bundled all-tissue graph, its FP16 conversion (what TensorRT fp16 engines parse) and a
+    scale-group graph; the int8 Q/DQ graphs are checked in test_calibration.py."""
+    import onnx
+
+    from omniseg_rt.calibration.fp16 import convert_fp16
+    from omniseg_rt.data import DEMO_GRAPH
+    from omniseg_rt.engines.tensorrt_logic import parser_problems
+
+    assert parser_problems(onnx.load(str(DEMO_GRAPH))) == []
+    convert_fp16(DEMO_GRAPH, tmp_path / "fp16.onnx")
+    fp16 = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert parser_problems(fp16) == [] and any(n.op_type == "Cast" for n in fp16.graph.node)
+    # and it does see what the parser refuses
+    broken = onnx.load(str(DEMO_GRAPH))
+    resize = next(n for n in broken.graph.node if n.op_type == "Resize")
+    resize.attribute.append(onnx.helper.make_attribute("antialias", 1))
+    broken.graph.node.append(onnx.helper.make_node("NonZero", [broken.graph.output[0].name], ["nz"], name="nz"))
+    problems = parser_problems(broken)
+    assert any("antialias 1" in p for p in problems) and any("NonZero nz: operator not in" in p for p in problems)

@@ -1,4 +1,4 @@
-"""INT8: symmetric Q/DQ graphs from a calibration set, and TensorRT 10's calibration cache.
+"""INT8: symmetric Q/DQ graphs from a calibration set.
 
 Symmetric INT8 (zero point 0) with per-channel weight scales is what TensorRT's explicit
 quantization consumes; OpenVINO and ONNX Runtime run the same graph. Two quantizers make it:
@@ -7,12 +7,16 @@ ONNX Runtime's ``quantize_static`` (QDQ format; the default) and OpenVINO's NNCF
 *unsigned* int8, which OpenVINO and ONNX Runtime run but TensorRT does not accept). Only the backbone's convolutions are
 quantized: the controller and the dynamic heads (MatMul) stay float, and so do the first and
 last convolution unless asked otherwise -- the layers whose rounding costs Dice (DEVELOPERS.md).
+Biases stay float (``QuantizeBias`` off): ONNX Runtime would otherwise store a biased
+convolution's bias as int32 behind a DequantizeLinear, which TensorRT's dequantize layer rejects
+(it takes int8, fp8 and int4 inputs only). TensorRT builds these graphs in explicit-quantization
+mode, so no calibration cache is written: nothing would read it (calibrators are deprecated in
+TensorRT 10.1 and removed in 11).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ import numpy as np
 from omniseg_rt._optional import require
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.graph_manifest import INPUT_NAME
-from omniseg_rt.fileutil import atomic_write_text, replacing
+from omniseg_rt.fileutil import replacing
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
@@ -71,7 +75,7 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method],
                     nodes_to_exclude=exclude,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
                 )
     if tool == "nncf":
         model = onnx.load(str(out))
@@ -81,6 +85,10 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
                 "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
                 "quantize_linear_nodes": count, "calibration_windows": len(windows)}
     model = onnx.load(str(out))
+    problems = tensorrt_qdq_problems(model)
+    if problems:
+        out.unlink()
+        raise InvalidInputError(f"{graph}: the INT8 graph would not build in TensorRT: {'; '.join(problems)}")
     count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
     log.info("quantized %s: %d Q/DQ pairs, %d convolutions kept float", graph.name, count, len(exclude))
     return {"method": method, "symmetric": True, "per_channel_weights": True, "quantized_ops": ["Conv"],
@@ -100,23 +108,23 @@ def _nncf_quantize(pre: Path, windows: np.ndarray, out: Path, exclude: list[str]
     onnx.save(quantized, str(out))
 
 
-def write_trt_calibration_cache(qdq_graph: Path, path: Path, trt_version: str = "100300") -> int:
-    """TensorRT 10.x implicit-calibration cache of the activation scales in ``qdq_graph``.
+def tensorrt_qdq_problems(model) -> list[str]:
+    """Why TensorRT's explicit quantization would reject the Q/DQ graph ``model`` (an
+    ``onnx.ModelProto``; empty: nothing found): a DequantizeLinear fed by anything but int8 (an
+    int32 bias), a convolution bias that is not a float initializer, or a first node other than
+    the Cast of the uint8 ``image`` input (the Cast is what keeps uint8 out of the quantized part)."""
+    from onnx import TensorProto
 
-    One ``tensor: <big-endian float32 scale in hex>`` line per activation quantized in the graph
-    (names as in the graph without its Q/DQ nodes), after the header TensorRT writes itself.
-    For users who build the float graph with ``BuilderFlag.INT8`` and a calibrator that reads a
-    cache; the Q/DQ graph itself needs none. Returns the number of tensors.
-    """
-    onnx = require("onnx", "write a TensorRT calibration cache")
-    from onnx import numpy_helper
-
-    model = onnx.load(str(qdq_graph))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    lines = [f"TRT-{trt_version}-EntropyCalibration2"]
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
-            scale = float(np.asarray(inits[node.input[1]]).reshape(-1)[0])
-            lines.append(f"{node.input[0]}: {struct.pack('>f', scale).hex()}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return len(lines) - 1
+    graph = model.graph
+    dtypes = {i.name: i.data_type for i in graph.initializer}
+    problems = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and dtypes.get(node.input[0], TensorProto.INT8) != TensorProto.INT8:
+            problems.append(f"DequantizeLinear {node.name} dequantizes {TensorProto.DataType.Name(dtypes[node.input[0]])}")
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            if dtypes.get(node.input[2]) not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                problems.append(f"Conv {node.name} has a bias that is not a float initializer ({node.input[2]})")
+    first = graph.node[0] if graph.node else None
+    if first is None or first.op_type != "Cast" or list(first.input) != [INPUT_NAME]:
+        problems.append(f"the first node is not the Cast of the uint8 {INPUT_NAME} input")
+    return problems

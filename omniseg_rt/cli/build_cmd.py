@@ -9,6 +9,7 @@ import typer
 
 from omniseg_rt.cli.errors import domain_errors
 from omniseg_rt.cli.render import console, key_value_table, rows_table
+from omniseg_rt.errors import UsageError
 
 
 def build(
@@ -29,21 +30,23 @@ def build(
     int8_tool: Annotated[str, typer.Option(help="int8 quantizer: onnxruntime or nncf (pip install nncf).")] = (
         "onnxruntime"),
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
-    cuda_graphs: Annotated[Optional[bool], typer.Option(
-        "--cuda-graphs/--no-cuda-graphs", help="TensorRT: replay a CUDA graph per batch size (default: profile).")] = None,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", hidden=True)] = False,
     graph_rewrites: Annotated[bool, typer.Option(
         help="OpenVINO: run GroupNorm in its reshape-free form (--no-graph-rewrites: as exported).")] = True,
 ) -> None:
     """Build an engine: export, compile for the backend, gate reduced precision, write a manifest."""
     from omniseg_rt.engines.build import AccuracyGateError, build_engine
+    from omniseg_rt.engines.profiles import CUDA_GRAPHS_GONE
 
+    if cuda_graphs:
+        raise UsageError(f"--cuda-graphs: {CUDA_GRAPHS_GONE}")
     try:
         with console.status("building") as status:
             path, manifest = build_engine(model, precision=precision, backend=backend, tissues=tissues,
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
                                           calibration_method=calibration_method, int8_tool=int8_tool,
-                                          cuda_graphs=cuda_graphs, graph_rewrites=graph_rewrites,
+                                          graph_rewrites=graph_rewrites,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")

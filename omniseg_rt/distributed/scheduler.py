@@ -76,7 +76,7 @@ def _run_on_ray(ray_address, num_cpus, worker_cpus, paths, engine_dir: Path, out
 
 
 def _schedule(ray, paths, workers, spawn, out_root: Path, notify) -> list[SlideResult]:
-    queue, running, results = deque(paths), {}, {}
+    queue, running, results, closing = deque(paths), {}, {}, []
     deaths: Counter = Counter()
     start, windows = time.perf_counter(), 0
 
@@ -88,6 +88,8 @@ def _schedule(ray, paths, workers, spawn, out_root: Path, notify) -> list[SlideR
     for worker in workers:
         if queue:
             launch(worker)
+        else:
+            closing.append(worker.close.remote())
     while running:
         [ready], _ = ray.wait(list(running), num_returns=1)
         worker, path = running.pop(ready)
@@ -117,4 +119,11 @@ def _schedule(ray, paths, workers, spawn, out_root: Path, notify) -> list[SlideR
                     "cluster_windows_per_s": windows / elapsed if elapsed else 0.0})
         if queue:
             launch(worker)
+        else:  # no more work for it: release its engine (GPU memory, CUDA context) now
+            closing.append(worker.close.remote())
+    for done in closing:
+        try:
+            ray.get(done)
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as exc:
+            log.warning("a worker could not close its engine (%s)", type(exc).__name__)
     return [results[p] for p in paths]

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from omniseg_rt.engines import Engine, build_engine, open_engine
+from omniseg_rt.engines.manifest import rebuild_args
 from omniseg_rt.errors import MissingFileError, OmnisegError
 from omniseg_rt.runtime.pipeline import SlideResult, run_slide
 from omniseg_rt.runtime.settings import SegmentSettings
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 def local_engine(engine_dir: Path, threads: int | None) -> tuple[Engine, str]:
     """Open ``engine_dir`` here, or -- when its manifest does not match this machine (TensorRT
     engines are per GPU type and version) -- build an equivalent engine beside it, once per
-    machine kind, from the same source. Returns (engine, what was done)."""
+    machine kind, from the same source with the same choices (backend, precision, calibration set,
+    profile, window, quantizer: ``rebuild_args``). Returns (engine, what was done)."""
     try:
         return open_engine(engine_dir, threads=threads), "opened"
     except OmnisegError as exc:
@@ -40,12 +42,12 @@ def local_engine(engine_dir: Path, threads: int | None) -> tuple[Engine, str]:
     local = engine_dir.with_name(f"{engine_dir.name}.{_machine_key()}")
     if not (local / "manifest.json").is_file():
         log.warning("%s: %s; building a local engine in %s", socket.gethostname(), reason, local)
-        build_engine(source, tissues=rebuild.get("tissues"), out=local, threads=threads)
+        build_engine(**rebuild_args(manifest, source=str(source), out=str(local)), threads=threads)
     return open_engine(local, threads=threads), f"rebuilt for this machine ({reason})"
 
 
 def _machine_key() -> str:
-    from omniseg_rt.engines.hardware import cpu_summary, nvidia_gpus
+    from omniseg_rt.hardware import cpu_summary, nvidia_gpus
 
     gpus = nvidia_gpus()
     name = gpus[0]["name"] if gpus else cpu_summary()["name"]
@@ -58,6 +60,11 @@ class SlideWorker:
     def __init__(self, engine_dir: str, out: str, settings: SegmentSettings, threads: int | None) -> None:
         self.engine, self.engine_note = local_engine(Path(engine_dir), threads)
         self.out, self.settings = Path(out), settings
+
+    def close(self) -> None:
+        """Release the engine (device memory, CUDA context); the scheduler calls it when the worker
+        has no more slides."""
+        self.engine.close()
 
     def describe(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "engine": self.engine_note}

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from omniseg_rt.engines.base import Engine
-from omniseg_rt.engines.hardware import cpu_summary, default_threads, native_bf16
+from omniseg_rt.hardware import cpu_summary, default_threads, native_bf16
 from omniseg_rt.graph_manifest import read_manifest
 
 

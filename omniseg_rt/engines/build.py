@@ -24,7 +24,7 @@ import numpy as np
 from omniseg_rt import __version__
 from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.engines import registry
-from omniseg_rt.engines.hardware import cpu_summary, default_threads, nvidia_gpus
+from omniseg_rt.hardware import cpu_summary, default_threads, nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
 from omniseg_rt.engines.profiles import Profile, load_profile, validate
 from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError, UsageError
@@ -146,7 +146,7 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
     if precision not in ("int8", "fp16") or (precision == "fp16" and backend not in ("onnxruntime", "tensorrt")):
         return None
     from omniseg_rt.calibration.fp16 import convert_fp16
-    from omniseg_rt.calibration.int8 import quantize_int8, write_trt_calibration_cache
+    from omniseg_rt.calibration.int8 import quantize_int8
 
     (staging / "reference").mkdir()
     done = {}
@@ -159,8 +159,6 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
             windows = _calibration_windows(calibration, [t["task_id"] for t in meta["tissues"]], "calibration")
             notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
             info = quantize_int8(reference, windows, graph, method=method, tool=tool)
-            info["trt_calibration_cache"] = graph.with_suffix(".calibration.cache").name
-            write_trt_calibration_cache(graph, graph.with_suffix(".calibration.cache"))
         else:
             notify(f"converting {meta['name']} to FP16")
             info = convert_fp16(reference, graph)
@@ -238,7 +236,6 @@ def build_engine(
     min_dice: float = DEFAULT_MIN_DICE,
     calibration_method: str = "minmax",
     int8_tool: str = "onnxruntime",
-    cuda_graphs: bool | None = None,
     graph_rewrites: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -259,14 +256,12 @@ def build_engine(
     if not 0.0 < min_dice <= 1.0:
         raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
     settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
-                                device=device, cuda_graphs=cuda_graphs)
+                                device=device)
     chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
     chosen_device = _resolve_device(chosen_backend, settings.device)
     chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
                         if settings.precision == "auto" else settings.precision)
     _check_backend(chosen_backend, chosen_precision, chosen_device, source)
-    if settings.cuda_graphs and chosen_backend != "tensorrt":
-        raise InvalidInputError(f"CUDA graphs are a TensorRT runtime option; this build's backend is {chosen_backend}")
     if chosen_precision == "int8" and calibration is None:
         raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
                                 "--out calibration/NAME, then build --calibration calibration/NAME")
@@ -317,7 +312,9 @@ def build_engine(
             "rebuild": {"source": str(source), "backend": chosen_backend, "precision": chosen_precision,
                         "tissues": tissues, "profile": str(profile) if profile else None, "out": str(final),
                         "calibration": str(calibration) if calibration is not None else None,
-                        "cuda_graphs": settings.cuda_graphs, "graph_rewrites": graph_rewrites},
+                        "window": settings.window, "device": settings.device,
+                        "calibration_method": calibration_method, "int8_tool": int8_tool, "min_dice": min_dice,
+                        "graph_rewrites": graph_rewrites},
         }
         if chosen_backend == "tensorrt":
             from omniseg_rt.engines.tensorrt_backend import build_plans

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from omniseg_rt.engines.base import Engine, GraphRunner, GraphSpec
-from omniseg_rt.engines.hardware import default_threads
+from omniseg_rt.hardware import default_threads
 from omniseg_rt.engines.manifest import read_engine_manifest, rebuild_command
 from omniseg_rt.errors import InvalidInputError
 
@@ -65,7 +65,7 @@ def open_engine(path: str | os.PathLike, threads: int | None = None) -> Engine:
     folder = Path(path)
     manifest = read_engine_manifest(folder)
     if manifest["backend"] == "openvino" and manifest["precision"] == "bf16":
-        from omniseg_rt.engines.hardware import native_bf16
+        from omniseg_rt.hardware import native_bf16
 
         if not native_bf16():
             raise InvalidInputError(

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.errors import InvalidInputError, MissingFileError
 from omniseg_rt.fileutil import atomic_write_text, read_format_json, sha256_file
 
@@ -85,16 +86,33 @@ def structure_problems(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def rebuild_command(manifest: dict[str, Any], **overrides: str) -> str:
-    """The ``omniseg-rt build`` command that makes this engine again (``overrides`` replace options)."""
+#: the build_engine options an engine manifest's ``rebuild`` section records, in command order
+REBUILD_OPTIONS = ("backend", "precision", "tissues", "profile", "calibration", "window", "device",
+                   "calibration_method", "int8_tool", "min_dice", "out")
+_DEFAULTS = {"calibration_method": "minmax", "int8_tool": "onnxruntime", "min_dice": DEFAULT_MIN_DICE, "device": "auto"}
+
+
+def rebuild_args(manifest: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``build_engine`` keyword arguments that make this engine again: the same source, backend,
+    precision (never ``auto``: an int8 engine comes back int8), tissues, profile, calibration set,
+    window, device, quantizer options and graph rewrites; ``overrides`` replace any of them."""
     rebuild = manifest.get("rebuild")
     spec = {**(rebuild if isinstance(rebuild, dict) else {}), **overrides}
-    parts = ["omniseg-rt build", str(spec.get("source", "MODEL"))]
-    for option in ("backend", "precision", "tissues", "profile", "calibration", "out"):
-        if spec.get(option):
-            parts.append(f"--{option} {spec[option]}")
-    if spec.get("cuda_graphs"):
-        parts.append("--cuda-graphs")
+    args = {"model": spec.get("source")}
+    args.update({option: spec[option] for option in REBUILD_OPTIONS if spec.get(option) is not None})
     if spec.get("graph_rewrites") is False:
+        args["graph_rewrites"] = False
+    return args
+
+
+def rebuild_command(manifest: dict[str, Any], **overrides: Any) -> str:
+    """The ``omniseg-rt build`` command that makes this engine again (``overrides`` replace options);
+    the same choices as :func:`rebuild_args`, options at their defaults left out."""
+    args = rebuild_args(manifest, **overrides)
+    parts = ["omniseg-rt build", str(args.pop("model", None) or "MODEL")]
+    for option in REBUILD_OPTIONS:
+        if option in args and args[option] != _DEFAULTS.get(option):
+            parts.append(f"--{option.replace('_', '-')} {args[option]}")
+    if args.get("graph_rewrites") is False:
         parts.append("--no-graph-rewrites")
     return " ".join(parts)

@@ -17,7 +17,7 @@ import numpy as np
 
 from omniseg_rt._optional import require
 from omniseg_rt.engines.base import GraphSpec, InFlightRunner
-from omniseg_rt.engines.hardware import native_bf16
+from omniseg_rt.hardware import native_bf16
 from omniseg_rt.errors import InvalidInputError
 
 log = logging.getLogger(__name__)

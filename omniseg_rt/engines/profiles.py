@@ -22,12 +22,13 @@ except ModuleNotFoundError:  # Python 3.10
 SHIPPED = Path(__file__).with_name("profiles")
 BACKENDS = ("auto", "openvino", "onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+CUDA_GRAPHS_GONE = ("CUDA graphs are not available: pycuda, which the TensorRT runtime uses, has no graph-capture "
+                    "API in any release, so the option never captured anything; remove it (engines run the same)")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Build settings. ``threads`` 0 = every core this process may use; ``workspace_mb`` 0 = default;
-    ``cuda_graphs``: TensorRT engines capture and replay a CUDA graph per batch size."""
+    """Build settings. ``threads`` 0 = every core this process may use; ``workspace_mb`` 0 = default."""
 
     name: str = "default"
     backend: str = "auto"
@@ -39,7 +40,6 @@ class Profile:
     workspace_mb: int = 0
     threads: int = 0
     device: str = "auto"
-    cuda_graphs: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,8 +56,6 @@ def validate(profile: Profile, source: str = "profile") -> Profile:
     if not 1 <= profile.batch_min <= profile.batch_opt <= profile.batch_max:
         problems.append(f"batch range {profile.batch_min}/{profile.batch_opt}/{profile.batch_max} "
                         "(need 1 <= min <= opt <= max)")
-    if not isinstance(profile.cuda_graphs, bool):
-        problems.append(f"cuda_graphs {profile.cuda_graphs!r} (true or false)")
     if profile.threads < 0 or profile.workspace_mb < 0:
         problems.append("threads and workspace_mb must be >= 0")
     if problems:
@@ -75,6 +73,8 @@ def parse_profile(text: str, name: str, source: str) -> Profile:
     if not isinstance(batch, dict):
         raise InvalidInputError(f"{source}: [batch] must be a table with min, opt, max")
     flat = {**data, **{f"batch_{k}": v for k, v in batch.items()}}
+    if flat.pop("cuda_graphs", False):
+        raise InvalidInputError(f"{source}: cuda_graphs = true: {CUDA_GRAPHS_GONE}")
     known = set(Profile.__dataclass_fields__) - {"name"}
     unknown = sorted(set(flat) - known)
     if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from omniseg_rt.engines.hardware import native_bf16, nvidia_gpus
+from omniseg_rt.hardware import native_bf16, nvidia_gpus
 
 BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
 GPU_BACKENDS = ("tensorrt",)

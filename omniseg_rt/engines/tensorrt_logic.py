@@ -1,9 +1,9 @@
 """TensorRT decisions that need no TensorRT: version rules, flags, profiles, cache keys, compatibility.
 
 Kept apart from ``tensorrt_backend.py`` so that they are tested on machines without TensorRT.
-Facts (``docs/tensorrt-and-deployment.md``): TensorRT 11 removed weak typing (the FP16/INT8
-builder flags and calibrators); precision comes from the graph (strongly typed: FP16 graphs,
-Q/DQ INT8 graphs). On 10.x the STRONGLY_TYPED network flag gives the same behaviour; Jetson Orin
+Facts (NVIDIA's TensorRT 10/11 release notes and Python API; the parser's operator list is cited
+at :data:`TRT10_OPERATORS`): TensorRT 11 removed weak typing (the FP16/INT8 builder flags and
+calibrators); precision comes from the graph (strongly typed: FP16 graphs, Q/DQ INT8 graphs). On 10.x the STRONGLY_TYPED network flag gives the same behaviour; Jetson Orin
 on JetPack 6 ships 10.3. A plan is tied to the TensorRT version and the GPU architecture.
 """
 
@@ -14,7 +14,6 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
 
 from omniseg_rt.errors import InvalidInputError
 
@@ -96,34 +95,71 @@ def compatibility_problems(built: dict, gpu_name: str, compute_capability: str, 
     return problems
 
 
-class ShapeGraphs:
-    """CUDA graphs of one execution context, one per batch size actually used.
+#: ONNX operators the ONNX-TensorRT parser supports, with the element types of their (first)
+#: input, from ONNX-TensorRT 10.1 GA, docs/operators.md (onnx/onnx-tensorrt, commit 96e7811;
+#: opsets 9-20). Only operators an exported or converted graph of this project may hold are listed:
+#: any other operator is reported, to be checked against the list before it is allowed.
+_F, _I = ("FLOAT", "FLOAT16", "BFLOAT16"), ("INT32", "INT64")
+TRT10_OPERATORS: dict[str, tuple[str, ...]] = {
+    "Add": _F + _I, "Cast": _F + _I + ("UINT8", "BOOL"), "Clip": _F, "Concat": _F + _I + ("BOOL",),
+    "Constant": _F + _I + ("BOOL",), "ConstantOfShape": _F + _I + ("BOOL",), "Conv": _F,
+    "DequantizeLinear": ("INT8", "FLOAT8E4M3FN", "INT4"), "Div": _F + _I, "Equal": _F + _I, "Erf": _F,
+    "Expand": _F + _I + ("BOOL",), "Flatten": _F + _I + ("BOOL",), "Gather": _F + _I + ("BOOL",), "Gemm": _F,
+    "GlobalAveragePool": _F, "GroupNormalization": _F, "Identity": _F + _I + ("BOOL",),
+    "InstanceNormalization": _F, "LeakyRelu": _F, "MatMul": _F, "MaxPool": _F, "Mul": _F + _I, "Neg": _F + _I,
+    "Pad": _F + _I, "Pow": _F, "QuantizeLinear": _F, "Range": _F + _I, "ReduceMean": _F + _I,
+    "ReduceSum": _F + _I, "Relu": _F + _I, "Reshape": _F + _I + ("BOOL",), "Resize": _F,
+    "Shape": _F + _I + ("BOOL",), "Sigmoid": _F, "Slice": _F + _I + ("BOOL",), "Softmax": _F,
+    "Split": _F + _I + ("BOOL",), "Sqrt": _F, "Squeeze": _F + _I + ("BOOL",), "Sub": _F + _I,
+    "Tile": _F + _I + ("BOOL",), "Transpose": _F + _I + ("BOOL",), "Unsqueeze": _F + _I + ("BOOL",),
+    "Where": _F + _I + ("BOOL",),
+}
+_RESIZE_MODES = {"nearest", "linear"}
+_RESIZE_COORDINATES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+_CONSTANT_INPUTS = {"Slice": 3, "Squeeze": 1, "Unsqueeze": 1, "ReduceMean": 1, "ReduceSum": 1, "Pad": 3}
 
-    The first batch of a size runs normally (the enqueue TensorRT needs after a shape change before
-    a capture) and then its graph is captured; later batches of that size replay it. A capture that
-    fails (a graph TensorRT cannot capture, an old driver) turns graphs off for this context, with
-    one warning, and every batch runs normally from then on: nothing is lost but launch overhead.
-    """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.graphs: dict[int, Any] = {}
+def parser_problems(model) -> list[str]:
+    """What in ``model`` (an ``onnx.ModelProto``) the ONNX-TensorRT 10.x parser would refuse
+    (empty: nothing): operators and input element types outside :data:`TRT10_OPERATORS`, opsets
+    outside 9-20, Resize modes and antialiasing it lacks, axes that must be constants, quantization
+    zero points that must be 0, and a uint8 tensor anywhere but the network input."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper, shape_inference
 
-    def enqueue(self, batch: int, execute: Callable[[], None], capture: Callable[[], Any],
-                replay: Callable[[Any], None]) -> str:
-        """Enqueue one batch of ``batch`` windows; returns "replayed", "captured" or "executed"."""
-        graph = self.graphs.get(batch)
-        if graph is not None:
-            replay(graph)
-            return "replayed"
-        execute()
-        if not self.enabled:
-            return "executed"
-        try:
-            self.graphs[batch] = capture()
-        except Exception as exc:  # noqa: BLE001 -- any capture failure: run without graphs
-            log.warning("CUDA graph capture failed for batch %d (%s); running without CUDA graphs", batch, exc)
-            self.enabled = False
-            self.graphs.clear()
-            return "executed"
-        return "captured"
+    graph = shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    inits = {i.name: i for i in graph.initializer}
+    types.update({name: i.data_type for name, i in inits.items()})
+    constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    name_of = onnx.TensorProto.DataType.Name
+    problems = [f"opset {o.version} (TensorRT 10 parses opsets 9-20)" for o in model.opset_import
+                if o.domain in ("", "ai.onnx") and not 9 <= o.version <= 20]
+    network_inputs = {i.name for i in graph.input}
+    for node in graph.node:
+        where = f"{node.op_type} {node.name or node.output[0]}"
+        if node.op_type not in TRT10_OPERATORS:
+            problems.append(f"{where}: operator not in the ONNX-TensorRT 10 support list checked here")
+            continue
+        if node.input and node.input[0] in types:
+            dtype = name_of(types[node.input[0]])
+            if dtype not in TRT10_OPERATORS[node.op_type]:
+                problems.append(f"{where}: input type {dtype} unsupported")
+            if dtype == "UINT8" and node.input[0] not in network_inputs:
+                problems.append(f"{where}: uint8 is supported only as a network input or output")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Resize":
+            mode = attrs.get("mode", b"nearest").decode()
+            coordinates = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
+            if mode not in _RESIZE_MODES or coordinates not in _RESIZE_COORDINATES or attrs.get("antialias", 0):
+                problems.append(f"{where}: mode {mode}, coordinates {coordinates}, antialias "
+                                f"{attrs.get('antialias', 0)} unsupported")
+        index = _CONSTANT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
+            problems.append(f"{where}: axes must be a constant")
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+            zero = inits.get(node.input[2])
+            if zero is None or np.any(numpy_helper.to_array(zero) != 0):
+                problems.append(f"{where}: the zero point must be a constant 0")
+    return problems

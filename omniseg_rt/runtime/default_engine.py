@@ -6,27 +6,18 @@ omniseg-rt's version; rebuilt when the cached one no longer opens (e.g. after an
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omniseg_rt import __version__
 from omniseg_rt.errors import OmnisegError
-from omniseg_rt.fileutil import io_errors
+from omniseg_rt.fileutil import cache_dir, io_errors
 from omniseg_rt.folder_lock import FolderLock
 
 if TYPE_CHECKING:
     from omniseg_rt.engines.base import Engine
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    if os.environ.get("OMNISEG_RT_CACHE"):
-        return Path(os.environ["OMNISEG_RT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "omniseg-rt"
 
 
 def open_default_engine(on_progress: Callable[[str], None] | None = None) -> Engine:

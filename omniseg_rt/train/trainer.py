@@ -94,7 +94,7 @@ def _hardware(device: torch.device) -> str:
     the vector extensions that decide its speed."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from omniseg_rt.engines.hardware import cpu_summary
+    from omniseg_rt.hardware import cpu_summary
 
     cpu = cpu_summary()
     flags = f"; {', '.join(cpu['flags'])}" if cpu["flags"] else ""

@@ -48,24 +48,41 @@ def cpu_summary() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def nvidia_gpus() -> tuple[dict, ...]:
-    """NVIDIA GPUs as nvidia-smi reports them: name and compute capability (empty if none)."""
+    """NVIDIA GPUs this process may use, in CUDA's order: name, compute capability, memory (empty
+    if none). nvidia-smi lists every GPU of the machine; ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs)
+    selects and orders what CUDA -- and so pycuda's device 0 -- sees."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return ()
     try:
         out = subprocess.run(
-            [smi, "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"],
+            [smi, "--query-gpu=index,uuid,name,compute_cap,memory.total", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
+    return visible_gpus(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def visible_gpus(smi_csv: str, visible: str | None) -> tuple[dict, ...]:
+    """Parse ``nvidia-smi --query-gpu=index,uuid,name,compute_cap,memory.total`` and keep what
+    ``visible`` (``CUDA_VISIBLE_DEVICES``; None: all) lets CUDA see, in its order. As CUDA does,
+    the list stops at the first entry that matches no GPU."""
     gpus = []
-    for line in out.strip().splitlines():
+    for line in smi_csv.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 2:
-            gpus.append({"name": parts[0], "compute_capability": parts[1],
-                         "memory": parts[2] if len(parts) > 2 else None})
-    return tuple(gpus)
+        if len(parts) >= 4:
+            gpus.append({"index": parts[0], "uuid": parts[1], "name": parts[2], "compute_capability": parts[3],
+                         "memory": parts[4] if len(parts) > 4 else None})
+    if visible is None:
+        return tuple(gpus)
+    chosen = []
+    for entry in (e.strip() for e in visible.split(",")):
+        match = next((g for g in gpus if entry and (entry == g["index"] or g["uuid"].startswith(entry))), None)
+        if match is None:
+            break
+        chosen.append(match)
+    return tuple(chosen)
 
 
 def default_threads() -> int:
