@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _common import SHARED, environment, parser, write_result
-from omniseg_rt.calibration.gate import dice
+from omniseg_rt.metrics import dice
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.runtime.plan import plan_group

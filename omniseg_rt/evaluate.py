@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
+from omniseg_rt.metrics import dice_iou
 from omniseg_rt.tissues import TISSUES
 from omniseg_rt.train.dataset import discover, load_sample, split_by_source
 
@@ -56,22 +57,16 @@ def predictor(model: str | os.PathLike) -> tuple[Predict, str]:
     from omniseg_rt._optional import require
 
     torch = require("torch", "evaluate a checkpoint")
-    from omniseg_rt.model import load_checkpoint
+    from omniseg_rt.model import load_checkpoint, margins
 
     net = load_checkpoint(path)
 
     def run_checkpoint(images: np.ndarray, task: int) -> np.ndarray:
         with torch.inference_mode():
             logits = net.forward_tasks(torch.from_numpy(images).float() / 255.0, [task])[:, 0]
-        return (logits[:, 1] - logits[:, 0]).numpy()
+        return margins(logits).numpy()
 
     return run_checkpoint, f"checkpoint {path} ({net.family})"
-
-
-def _scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
-    union = total - inter
-    return (1.0 if total == 0 else 2 * inter / total), (1.0 if union == 0 else inter / union)
 
 
 #: which patches of a set: all, or the training or held-out side of the trainer's split
@@ -104,7 +99,7 @@ def evaluate(data: str | os.PathLike, predict: Predict, stains: list[str] | None
     for s in samples:
         image, mask = load_sample(s)
         pred = predict(image[None], s.task_id)[0] > 0
-        scores = _scores(pred, mask)
+        scores = dice_iou(pred, mask)
         per.setdefault(s.task_id, {}).setdefault(s.stain, []).append(scores)
         if sheet is not None and sum(e[0] == s.task_id for e in examples) < sheet_patches:
             examples.append((s.task_id, image, mask, pred, scores[0]))

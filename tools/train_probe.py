@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omniseg_rt.metrics import dice
 from omniseg_rt.model import OmniSeg
 from omniseg_rt.tissues import TISSUES
 from omniseg_rt.train.dataset import discover, load_sample, split_by_source
@@ -34,8 +35,8 @@ def head_report(model: OmniSeg, images: torch.Tensor, masks: torch.Tensor, task:
     """Dice, predicted foreground and live ReLU shares of ``task``'s head on ``images``."""
     activity = head_activity(model, images, task, TISSUES[task].scale_id)
     pred, truth = activity["margin"] > 0, masks[:, 0] > 0
-    dice = [float(2 * (p & t).sum() / max(1, int(p.sum() + t.sum()))) for p, t in zip(pred, truth)]
-    return {"dice": float(np.mean(dice)), "foreground": float(pred.float().mean()),
+    scores = [dice(p.numpy(), t.numpy()) for p, t in zip(pred, truth)]
+    return {"dice": float(np.mean(scores)), "foreground": float(pred.float().mean()),
             "live_relu_1": float(activity["live_1"]), "live_relu_2": float(activity["live_2"])}
 
 

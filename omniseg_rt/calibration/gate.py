@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from omniseg_rt.metrics import dice
 from omniseg_rt.tissues import TISSUES
 
 DEFAULT_MIN_DICE = 0.97
@@ -29,12 +30,6 @@ class GateResult:
 
     def as_dict(self) -> dict:
         return {"threshold": self.threshold, "windows": self.windows, "passed": self.passed, "tissues": self.rows}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def compare_margins(tissues: list[int], reference: np.ndarray, candidate: np.ndarray) -> list[dict]:

@@ -52,14 +52,15 @@ class TorchRunner(GraphRunner):
             self.model = self.model.half()
 
     def infer(self, images: np.ndarray) -> np.ndarray:
+        from omniseg_rt.model import margins
+
         torch = self.torch
         x = torch.from_numpy(check_images(images)).to(self.device)
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
         x = x.to(dtype) / 255.0
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits = self.model.forward_tasks(x, list(self.spec.tissues))
-        margins = (logits[:, :, 1] - logits[:, :, 0]).float()
-        return margins.cpu().numpy()
+        return margins(logits).float().cpu().numpy()
 
     def close(self) -> None:
         self.model = None

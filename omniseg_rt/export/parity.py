@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from omniseg_rt.graph_manifest import INPUT_NAME
-from omniseg_rt.model.network import OmniSeg
+from omniseg_rt.model.network import OmniSeg, margins
 
 #: The export fails when max |ONNX - PyTorch| exceeds this fraction of the PyTorch logit range.
 RELATIVE_TOLERANCE = 1e-4
@@ -16,7 +16,7 @@ def torch_margins(model: OmniSeg, images: np.ndarray, task_ids: list[int]) -> np
     """Foreground minus background logits from ``forward_tasks``: float32 [B, T, H, W]."""
     with torch.inference_mode():
         logits = model.forward_tasks(torch.from_numpy(images).float() / 255.0, task_ids)
-    return (logits[:, :, 1] - logits[:, :, 0]).numpy()
+    return margins(logits).numpy()
 
 
 def onnx_margins(graph_bytes: bytes, images: np.ndarray, threads: int = 0) -> np.ndarray:

@@ -10,9 +10,10 @@ from omniseg_rt.model.checkpoint import (
     read_checkpoint,
     upstream_state_dict,
 )
-from omniseg_rt.model.network import FAMILIES, MIDL, SCALE, OmniSeg
+from omniseg_rt.model.network import FAMILIES, MIDL, SCALE, OmniSeg, margins
 
 __all__ = [
+    "margins",
     "FAMILIES",
     "MIDL",
     "SCALE",

@@ -113,3 +113,9 @@ def _check_images(images: torch.Tensor) -> None:
         )
     if not images.is_floating_point():
         raise InvalidInputError(f"images must be float in [0, 1], got {images.dtype}; divide uint8 by 255")
+
+
+def margins(logits: torch.Tensor) -> torch.Tensor:
+    """Foreground minus background logit: ``logits`` [..., 2, H, W] (background, foreground) ->
+    [..., H, W]; foreground where > 0. The one place the network's two channels become one."""
+    return logits[..., 1, :, :] - logits[..., 0, :, :]

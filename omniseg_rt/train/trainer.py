@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from omniseg_rt.errors import InvalidInputError
-from omniseg_rt.model import OmniSeg, load_checkpoint
+from omniseg_rt.metrics import dice
+from omniseg_rt.model import OmniSeg, load_checkpoint, margins
 from omniseg_rt.tissues import TISSUES
 from omniseg_rt.train.augment import augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
@@ -117,10 +118,8 @@ def validate(model: OmniSeg, samples: list[Sample], device: torch.device) -> dic
         image, mask = load_sample(s)
         x = torch.from_numpy(image)[None].to(device).float() / 255.0
         logits = model.forward_tasks(x, [s.task_id])[0, 0]
-        pred = (logits[1] > logits[0]).cpu().numpy()
-        total = pred.sum() + mask.sum()
-        scores.setdefault(TISSUES[s.task_id].abbrev, []).append(
-            1.0 if total == 0 else 2.0 * np.logical_and(pred, mask).sum() / total)
+        pred = (margins(logits) > 0).cpu().numpy()
+        scores.setdefault(TISSUES[s.task_id].abbrev, []).append(dice(pred, mask))
     return {k: float(np.mean(v)) for k, v in sorted(scores.items(), key=lambda kv: kv[0])}
 
 
