@@ -24,8 +24,7 @@ from _common import SHARED, environment, parser, write_result
 from omniseg_rt.metrics import dice
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
-from omniseg_rt.runtime.plan import plan_group
-from omniseg_rt.runtime.readers import read_window
+from omniseg_rt.slide.plan import plan_group, read_window
 from omniseg_rt.runtime.stitch import stitch_window
 from omniseg_rt.slide import open_slide
 from omniseg_rt.tissues import SCALE_GROUPS, TISSUES

@@ -29,8 +29,7 @@ from _common import REPO, environment, parser, write_result
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.runtime import segment
-from omniseg_rt.runtime.plan import plan_group
-from omniseg_rt.runtime.readers import read_window
+from omniseg_rt.slide.plan import plan_group, read_window
 from omniseg_rt.runtime.settings import DEFAULT_OVERLAP
 from omniseg_rt.slide import open_slide
 from omniseg_rt.tissues import SCALE_GROUPS

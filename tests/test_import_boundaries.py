@@ -19,7 +19,14 @@ FORBIDDEN = {
     "model": {"cli", "engines", "runtime", "slide", "outputs", "export", "calibration", "distributed"},
     "export": {"cli", "engines", "runtime", "slide", "outputs", "distributed"},
     "train": {"cli", "engines", "runtime", "outputs", "distributed"},
+    "calibration": {"cli", "runtime", "distributed", "train"},
 }
+#: modules at the package root that everything may use: they import no stage package
+ROOT_LEAVES = ("errors", "tissues", "fileutil", "hardware", "metrics", "graph_manifest",
+               "folder_lock", "_optional")
+for _leaf in ROOT_LEAVES:
+    FORBIDDEN[_leaf] = {"cli", "runtime", "distributed", "train", "engines", "slide", "outputs", "model", "export",
+                        "calibration", "data", "evaluate"}
 
 
 def test_serving_path_imports_no_torch():

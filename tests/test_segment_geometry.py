@@ -12,7 +12,7 @@ import tifffile
 
 from omniseg_rt.engines.base import Engine, GraphRunner, GraphSpec
 from omniseg_rt.runtime import segment
-from omniseg_rt.runtime.plan import plan_group
+from omniseg_rt.slide.plan import plan_group
 from omniseg_rt.tissues import SCALE_GROUPS
 from synthetic import tissue_pattern, write_aperio
 

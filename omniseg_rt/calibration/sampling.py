@@ -155,8 +155,7 @@ def _open_slides(slides: list[Path], mpp: float | None) -> list[tuple]:
 
 def _slide_candidates(opened: list[tuple], group: ScaleGroup, window: int):
     """Per slide: (origin description, reader of that window) for every tissue window."""
-    from omniseg_rt.runtime.plan import plan_group, too_coarse
-    from omniseg_rt.runtime.readers import read_window
+    from omniseg_rt.slide.plan import plan_group, read_window, too_coarse
 
     for path, reader, tissue, tissue_mpp in opened:
         g = reader.geometry

@@ -25,7 +25,7 @@ from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.fileutil import atomic_write_text, io_errors, sha256_file
 from omniseg_rt.outputs import read_mask_into
 from omniseg_rt.runtime.finish import remove_temp_files, remove_unlisted_masks, write_outputs
-from omniseg_rt.runtime.plan import GroupPlan, plan_group, too_coarse
+from omniseg_rt.slide.plan import GroupPlan, plan_group, too_coarse
 from omniseg_rt.runtime.readers import Prefetcher
 from omniseg_rt.runtime.request import decide, request_of
 from omniseg_rt.runtime.settings import SegmentSettings

@@ -9,17 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from omniseg_rt.runtime.plan import WindowSpec
-
-
-def read_window(reader, spec: WindowSpec) -> np.ndarray:
-    """uint8 [3, window, window] RGB of ``spec``: read at its level, resized to the window."""
-    from PIL import Image
-
-    rgb = reader.read(spec.l0_xy, spec.level, spec.read_size)
-    if rgb.shape[:2] != (spec.window, spec.window):
-        rgb = np.asarray(Image.fromarray(rgb).resize((spec.window, spec.window), Image.BILINEAR))
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+from omniseg_rt.slide.plan import WindowSpec, read_window
 
 
 class Prefetcher:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from omniseg_rt.runtime.plan import WindowSpec
+from omniseg_rt.slide.plan import WindowSpec
 
 
 def stitch_window(canvas: np.ndarray, spec: WindowSpec, margins: np.ndarray) -> None:

@@ -122,3 +122,13 @@ def _has_tissue(tissue: np.ndarray, cell: tuple[int, int, int, int], factor: flo
 def too_coarse(group_mpp: float, slide_mpp: float) -> bool:
     """True when the slide would have to be upsampled more than :data:`MAX_UPSAMPLE` times."""
     return slide_mpp / group_mpp > MAX_UPSAMPLE
+
+
+def read_window(reader, spec: WindowSpec) -> np.ndarray:
+    """uint8 [3, window, window] RGB of ``spec``: read at its level, resized to the window."""
+    from PIL import Image
+
+    rgb = reader.read(spec.l0_xy, spec.level, spec.read_size)
+    if rgb.shape[:2] != (spec.window, spec.window):
+        rgb = np.asarray(Image.fromarray(rgb).resize((spec.window, spec.window), Image.BILINEAR))
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
