@@ -143,3 +143,25 @@ def test_exported_graphs_use_only_what_the_tensorrt_10_parser_supports(tmp_path)
     broken.graph.node.append(onnx.helper.make_node("NonZero", [broken.graph.output[0].name], ["nz"], name="nz"))
     problems = parser_problems(broken)
     assert any("antialias 1" in p for p in problems) and any("NonZero nz: operator not in" in p for p in problems)
+
+
+def test_every_registered_backend_implements_the_backend_hooks():
+    """One module per backend, named once in the registry; importing it imports no runtime."""
+    import subprocess
+    import sys
+
+    from omniseg_rt.engines.backend import Backend
+
+    hooks = [n for n in dir(Backend) if not n.startswith("_")] + list(Backend.__annotations__)
+    for name in registry.BACKENDS:
+        module = registry.backend(name)
+        missing = [h for h in hooks if not hasattr(module, h)]
+        assert not missing, (name, missing)
+        assert module.NAME == name and module.GRAPH_PRECISIONS <= set(module.PRECISIONS)
+    with pytest.raises(InvalidInputError, match="unknown backend 'tvm'"):
+        registry.backend("tvm")
+    code = ("import sys; from omniseg_rt.engines import registry\n"
+            "[registry.backend(n) for n in registry.BACKENDS]\n"
+            "print([m for m in ('torch', 'openvino', 'onnxruntime', 'tensorrt') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

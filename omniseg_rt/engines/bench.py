@@ -74,7 +74,7 @@ def bench_engine(engine: Engine, batch: int = 4, window: int = 512, repeats: int
     if gflop is not None:
         result["gflop_per_window"] = gflop
         result["achieved_gflops"] = gflop * batch / median
-    if ceilings and engine.backend in ("openvino", "onnxruntime", "torch"):
+    if ceilings and engine.manifest.get("settings", {}).get("device", "cpu") == "cpu":
         threads = engine.manifest.get("settings", {}).get("threads") or default_threads()
         result["gemm_ceiling_gflops"] = {"fp32": gemm_ceiling("fp32", threads)}
         if native_bf16():

@@ -1,9 +1,11 @@
 """``build_engine``: a checkpoint or exported graph -> a ready-to-run engine directory.
 
-Steps: resolve profile, backend and precision for this machine -> graphs (export the checkpoint,
-or take the given graph) -> backend preparation (OpenVINO compile + cache, ONNX Runtime optimised
-model, TensorRT plans, torch checkpoint copy) -> accuracy gate for reduced precision against the
-fp32 graphs in ONNX Runtime -> manifest. Everything is built in a staging folder and renamed into
+Steps: resolve the request (profile, backend, device and precision for this machine, checked by
+the backend) -> graphs (export the checkpoint, or take the given graph) -> reduced-precision graphs
+(FP16, Q/DQ INT8) where the backend builds from them -> the backend's hooks (``prepare_graphs``,
+``finish_build``: OpenVINO rewrites, TensorRT plans, torch checkpoint copy) -> open once (compiles,
+fills caches) -> accuracy gate for reduced precision against the fp32 graphs in ONNX Runtime ->
+manifest. Everything is built in a staging folder and renamed into
 place at the end: an existing engine is replaced only by a complete new one.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 from omniseg_rt import __version__
 from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.engines import registry
+from omniseg_rt.engines.backend import BuildRequest
 from omniseg_rt.hardware import cpu_summary, default_threads, nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
 from omniseg_rt.engines.profiles import Profile, load_profile, validate
@@ -96,54 +99,12 @@ def _source_graphs(model: Path, tissues: str | None, window: int, staging: Path,
     return [graphs_dir / f"{g.manifest['name']}.onnx" for g in exported]
 
 
-def _check_backend(backend: str, precision: str, device: str, model: Path) -> None:
-    if backend == "openvino":
-        from omniseg_rt.engines.openvino_backend import check_precision
-
-        check_precision(precision)
-    elif backend == "onnxruntime":
-        from omniseg_rt.engines.onnxruntime_backend import check_precision, providers_for
-
-        providers_for(device)
-        check_precision(precision, device)
-    elif backend == "torch":
-        from omniseg_rt.engines.torch_backend import check_precision, pick_device
-
-        if model.suffix.lower() == ".onnx":
-            raise InvalidInputError(f"{model}: the torch backend needs the checkpoint, not an exported graph")
-        check_precision(precision, pick_device(device))
-    elif backend == "tensorrt":
-        from omniseg_rt.engines.tensorrt_backend import check_available
-
-        check_available()
-    if precision == "fp16" and backend == "onnxruntime" and device == "cpu":
-        raise InvalidInputError("fp16 onnxruntime engines run on CUDA (--device cuda, onnxruntime-gpu); "
-                                "on the CPU use fp32, int8, or --backend openvino")
-
-
-def _resolve_device(backend: str, requested: str) -> str:
-    """The device an ``auto`` device means for ``backend``: CUDA for TensorRT, torch's choice, else CPU."""
-    if requested != "auto":
-        return requested
-    if backend == "torch":
-        from omniseg_rt.engines.torch_backend import pick_device
-
-        return pick_device("auto")
-    return "cuda" if backend == "tensorrt" else "cpu"
-
-
-def _versions(backend: str) -> dict[str, str]:
-    import importlib
-
-    module = importlib.import_module(f"omniseg_rt.engines.{backend}_backend")
-    return {"omniseg_rt": __version__, **module.versions()}
-
-
-def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, calibration, method: str,
-                              tool: str, staging: Path, notify) -> dict | None:
-    """Replace the fp32 graphs by INT8 Q/DQ (int8) or FP16 (fp16 for ONNX Runtime / TensorRT)
-    graphs; the fp32 graphs move to ``staging/reference`` for the accuracy gate."""
-    if precision not in ("int8", "fp16") or (precision == "fp16" and backend not in ("onnxruntime", "tensorrt")):
+def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging: Path, notify) -> dict | None:
+    """Replace the fp32 graphs by INT8 Q/DQ (int8) or FP16 (fp16) graphs where the backend builds
+    that precision from the graph; the fp32 graphs move to ``staging/reference`` for the gate."""
+    precision, calibration = request.precision, request.calibration
+    method, tool = request.calibration_method, request.int8_tool
+    if precision not in registry.backend(request.backend).GRAPH_PRECISIONS:
         return None
     from omniseg_rt.calibration.fp16 import convert_fp16
     from omniseg_rt.calibration.int8 import quantize_int8
@@ -165,18 +126,6 @@ def _reduced_precision_graphs(graphs: list[Path], precision: str, backend: str, 
         write_manifest(graph, {**meta, "precision": precision, "reduced_from_fp32": info})
         done[meta["name"]] = info
     return done
-
-
-def _rewrite_for_openvino(graphs: list[Path], notify) -> None:
-    """The OpenVINO form of each graph (``graph_rewrites``: same function, no layout reorders),
-    recorded in its sidecar under ``rewrites``."""
-    from omniseg_rt.engines.graph_rewrites import rewrite_for_openvino
-
-    for graph in graphs:
-        meta = read_manifest(graph)
-        notify(f"rewriting {meta['name']} for OpenVINO")
-        done = rewrite_for_openvino(graph)
-        write_manifest(graph, {**meta, "rewrites": done})
 
 
 def _calibration_windows(calibration, tissues, part: str) -> np.ndarray:
@@ -250,87 +199,35 @@ def build_engine(
     ``force``.
     """
     notify = on_progress or (lambda message: None)
-    source = Path(model) if model is not None else _default_model(tissues, backend)
-    if not source.is_file():
-        raise MissingFileError(f"{source}: no such checkpoint or graph")
-    if not 0.0 < min_dice <= 1.0:
-        raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
-    settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
-                                device=device)
-    chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
-    chosen_device = _resolve_device(chosen_backend, settings.device)
-    chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
-                        if settings.precision == "auto" else settings.precision)
-    _check_backend(chosen_backend, chosen_precision, chosen_device, source)
-    if chosen_precision == "int8" and calibration is None:
-        raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
-                                "--out calibration/NAME, then build --calibration calibration/NAME")
-    if chosen_precision == "int8" and int8_tool == "nncf" and chosen_backend == "tensorrt":
-        raise InvalidInputError("NNCF quantizes some activations as unsigned int8, which TensorRT does not take; "
-                                "use --int8-tool onnxruntime (the default) for TensorRT engines")
-    if calibration is not None and not (Path(calibration) / "manifest.json").is_file():
-        raise MissingFileError(f"{calibration}: no calibration set here (manifest.json); make one with omniseg-rt calibrate")
-    n_threads = settings.threads or default_threads()
-
-    final = Path(out) if out else DEFAULT_DIR / f"{source.stem}-{chosen_backend}-{chosen_precision}"
+    request = resolve_request(model, precision=precision, backend=backend, tissues=tissues, profile=profile,
+                              calibration=calibration, window=window, threads=threads, device=device,
+                              min_dice=min_dice, calibration_method=calibration_method, int8_tool=int8_tool,
+                              graph_rewrites=graph_rewrites)
+    hooks = registry.backend(request.backend)
+    n_threads = request.settings.threads or default_threads()
+    final = Path(out) if out else DEFAULT_DIR / f"{request.source.stem}-{request.backend}-{request.precision}"
     if final.exists() and not final.is_dir():
         raise UsageError(f"--out {final}: a file is in the way; an engine is a folder: name another one")
     remove_leftovers(final)
     staging = final.parent / f".{final.name}.{_WORK_TAG}building-{_process_tag()}"
     start = time.perf_counter()
     try:
-        graphs = _source_graphs(source, tissues, settings.window, staging, notify)
-        reduced = _reduced_precision_graphs(graphs, chosen_precision, chosen_backend, calibration,
-                                            calibration_method, int8_tool, staging, notify)
-        if chosen_backend == "openvino" and graph_rewrites:
-            _rewrite_for_openvino(graphs, notify)
-        metas = [read_manifest(graph) for graph in graphs]
-        graph_entries = [
-            {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
-             "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
-             **({"rewrites": meta["rewrites"]} if "rewrites" in meta else {})}
-            for graph, meta in zip(graphs, metas)
-        ]
-        if chosen_backend == "torch":
-            shutil.copy2(source, staging / "model.pth")
-        manifest: dict[str, Any] = {
-            "backend": chosen_backend,
-            "precision": chosen_precision,
-            "graphs": graph_entries,
-            "tissues": [t for g in graph_entries for t in g["tissues"]],
-            "window": settings.window,
-            "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"},
-            "output": {"name": "logits", "dtype": "float32", "layout": "NTHW",
-                       "meaning": "foreground minus background logit; foreground where > 0"},
-            "source": {"path": str(source), "sha256": sha256_file(source),
-                       "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
-            "family": metas[0]["family"],
-            "profile": settings.as_dict(),
-            "settings": {"threads": settings.threads, "device": chosen_device},
-            "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
-            "versions": _versions(chosen_backend),
-            "rebuild": {"source": str(source), "backend": chosen_backend, "precision": chosen_precision,
-                        "tissues": tissues, "profile": str(profile) if profile else None, "out": str(final),
-                        "calibration": str(calibration) if calibration is not None else None,
-                        "window": settings.window, "device": settings.device,
-                        "calibration_method": calibration_method, "int8_tool": int8_tool, "min_dice": min_dice,
-                        "graph_rewrites": graph_rewrites},
-        }
-        if chosen_backend == "tensorrt":
-            from omniseg_rt.engines.tensorrt_backend import build_plans
-
-            manifest.update(build_plans(staging, manifest, settings, notify))
-        notify(f"preparing the {chosen_backend} engine ({chosen_precision})")
+        graphs = _source_graphs(request.source, request.tissues, request.settings.window, staging, notify)
+        reduced = _reduced_precision_graphs(graphs, request, staging, notify)
+        hooks.prepare_graphs(graphs, request, notify)
+        manifest = _manifest(request, graphs, profile, final, min_dice)
+        manifest.update(hooks.finish_build(staging, manifest, request, notify))
+        notify(f"preparing the {request.backend} engine ({request.precision})")
         from omniseg_rt.engines.loader import open_engine_unchecked
 
         open_engine_unchecked(staging, manifest, n_threads).close()  # compiles; fills the caches
         gate = None
-        if chosen_precision != "fp32":
-            gate = _gate(staging, manifest, n_threads, min_dice, notify, calibration)
+        if request.precision != "fp32":
+            gate = _gate(staging, manifest, n_threads, min_dice, notify, request.calibration)
             gate["forced"] = bool(force and not gate["passed"])
             if not gate["passed"] and not force:
                 raise AccuracyGateError(
-                    f"{source}: the {chosen_precision} {chosen_backend} engine disagrees with fp32 "
+                    f"{request.source}: the {request.precision} {request.backend} engine disagrees with fp32 "
                     f"(Dice below {gate['threshold']} for "
                     f"{', '.join(r['abbrev'] for r in gate['tissues'] if r['dice'] < gate['threshold'])}); "
                     "nothing was written. Use --precision fp32, or --force to build it anyway "
@@ -353,6 +250,72 @@ def build_engine(
         raise
     log.info("built %s in %.1f s (%s)", final, manifest["build_seconds"], rebuild_command(manifest))
     return final, manifest
+
+
+def resolve_request(model: str | os.PathLike | None, *, precision: str | None, backend: str | None,
+                    tissues: str | None, profile: str | os.PathLike | None, calibration: str | os.PathLike | None,
+                    window: int | None, threads: int | None, device: str | None, min_dice: float,
+                    calibration_method: str, int8_tool: str, graph_rewrites: bool) -> BuildRequest:
+    """Step 1 of a build: the profile with the options laid over it, ``auto`` resolved for this
+    machine, and everything checked that can be checked before any work (raises)."""
+    source = Path(model) if model is not None else _default_model(tissues, backend)
+    if not source.is_file():
+        raise MissingFileError(f"{source}: no such checkpoint or graph")
+    if not 0.0 < min_dice <= 1.0:
+        raise InvalidInputError(f"--min-dice {min_dice}: must be in (0, 1]")
+    settings = resolve_settings(profile, backend=backend, precision=precision, window=window, threads=threads,
+                                device=device)
+    chosen_backend = registry.auto_backend() if settings.backend == "auto" else settings.backend
+    hooks = registry.backend(chosen_backend)
+    chosen_device = hooks.resolve_device(settings.device)
+    chosen_precision = (registry.auto_precision(chosen_backend, chosen_device)
+                        if settings.precision == "auto" else settings.precision)
+    request = BuildRequest(source=source, backend=chosen_backend, precision=chosen_precision, device=chosen_device,
+                           settings=settings, tissues=tissues,
+                           calibration=Path(calibration) if calibration is not None else None,
+                           calibration_method=calibration_method, int8_tool=int8_tool, graph_rewrites=graph_rewrites)
+    hooks.check_request(request)
+    if chosen_precision == "int8" and calibration is None:
+        raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
+                                "--out calibration/NAME, then build --calibration calibration/NAME")
+    if calibration is not None and not (Path(calibration) / "manifest.json").is_file():
+        raise MissingFileError(f"{calibration}: no calibration set here (manifest.json); make one with omniseg-rt calibrate")
+    return request
+
+
+def _manifest(request: BuildRequest, graphs: list[Path], profile, final: Path, min_dice: float) -> dict[str, Any]:
+    """The engine manifest's description of what was built, from what, where, and how to rebuild it."""
+    metas = [read_manifest(graph) for graph in graphs]
+    graph_entries = [
+        {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
+         "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
+         **({"rewrites": meta["rewrites"]} if "rewrites" in meta else {})}
+        for graph, meta in zip(graphs, metas)
+    ]
+    settings, source = request.settings, request.source
+    return {
+        "backend": request.backend,
+        "precision": request.precision,
+        "graphs": graph_entries,
+        "tissues": [t for g in graph_entries for t in g["tissues"]],
+        "window": settings.window,
+        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"},
+        "output": {"name": "logits", "dtype": "float32", "layout": "NTHW",
+                   "meaning": "foreground minus background logit; foreground where > 0"},
+        "source": {"path": str(source), "sha256": sha256_file(source),
+                   "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
+        "family": metas[0]["family"],
+        "profile": settings.as_dict(),
+        "settings": {"threads": settings.threads, "device": request.device},
+        "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
+        "versions": {"omniseg_rt": __version__, **registry.backend(request.backend).versions()},
+        "rebuild": {"source": str(source), "backend": request.backend, "precision": request.precision,
+                    "tissues": request.tissues, "profile": str(profile) if profile else None, "out": str(final),
+                    "calibration": str(request.calibration) if request.calibration is not None else None,
+                    "window": settings.window, "device": settings.device,
+                    "calibration_method": request.calibration_method, "int8_tool": request.int8_tool,
+                    "min_dice": min_dice, "graph_rewrites": request.graph_rewrites},
+    }
 
 
 _WORK_TAG = "omniseg-"  # marks the folders a build works in beside its engine, so only those are cleaned

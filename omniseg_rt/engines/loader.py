@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omniseg_rt.engines import registry
 from omniseg_rt.engines.base import Engine, GraphRunner, GraphSpec
+from omniseg_rt.engines.manifest import read_engine_manifest
 from omniseg_rt.hardware import default_threads
-from omniseg_rt.engines.manifest import read_engine_manifest, rebuild_command
-from omniseg_rt.errors import InvalidInputError
 
 
 def graph_specs(manifest: dict) -> list[GraphSpec]:
@@ -21,27 +21,8 @@ def graph_specs(manifest: dict) -> list[GraphSpec]:
 
 def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int | None = None) -> GraphRunner:
     """The backend runner for one graph of an engine directory (backends imported lazily)."""
-    backend, precision = manifest["backend"], manifest["precision"]
-    settings = manifest.get("settings", {})
-    threads = threads or settings.get("threads") or default_threads()
-    cache = folder / "cache"
-    if backend == "openvino":
-        from omniseg_rt.engines.openvino_backend import OpenVINORunner
-
-        return OpenVINORunner(spec, folder / spec.file, precision, threads, cache)
-    if backend == "onnxruntime":
-        from omniseg_rt.engines.onnxruntime_backend import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(spec, folder / spec.file, threads, cache, settings.get("device", "cpu"))
-    if backend == "torch":
-        from omniseg_rt.engines.torch_backend import TorchRunner, pick_device
-
-        return TorchRunner(spec, folder / "model.pth", precision, pick_device(settings.get("device")), threads)
-    if backend == "tensorrt":
-        from omniseg_rt.engines.tensorrt_backend import TensorRTRunner
-
-        return TensorRTRunner(spec, folder, manifest)
-    raise InvalidInputError(f"{folder}: unknown backend {backend!r} in the manifest; rebuild the engine")
+    threads = threads or manifest.get("settings", {}).get("threads") or default_threads()
+    return registry.backend(manifest["backend"]).make_runner(folder, manifest, spec, threads)
 
 
 def open_engine_unchecked(folder: Path, manifest: dict, threads: int | None = None) -> Engine:
@@ -64,12 +45,5 @@ def open_engine(path: str | os.PathLike, threads: int | None = None) -> Engine:
     """
     folder = Path(path)
     manifest = read_engine_manifest(folder)
-    if manifest["backend"] == "openvino" and manifest["precision"] == "bf16":
-        from omniseg_rt.hardware import native_bf16
-
-        if not native_bf16():
-            raise InvalidInputError(
-                f"{folder}: a bf16 engine, built on a CPU with native bf16, but this CPU has none; "
-                f"rebuild here with: {rebuild_command(manifest, precision='fp32')}"
-            )
+    registry.backend(manifest["backend"]).check_can_open(folder, manifest)
     return open_engine_unchecked(folder, manifest, threads)

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 NAME = "onnxruntime"
 PRECISIONS = ("fp32", "int8", "fp16")
+GRAPH_PRECISIONS = frozenset({"int8", "fp16"})
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -48,6 +49,32 @@ def check_precision(precision: str, device: str) -> None:
         raise InvalidInputError(f"the onnxruntime backend runs {', '.join(PRECISIONS)}, not {precision}")
     if precision == "fp16" and device == "cpu":
         raise InvalidInputError("fp16 graphs are for GPUs; on the CPU use fp32 or int8 (or --backend openvino)")
+
+
+def resolve_device(requested: str) -> str:
+    return "cpu" if requested == "auto" else requested
+
+
+def check_request(request) -> None:
+    providers_for(request.device)
+    check_precision(request.precision, request.device)
+
+
+def prepare_graphs(graphs: list[Path], request, notify) -> None:
+    """ONNX Runtime runs the exported graphs as they are (its InstanceNormalization kernel is fused)."""
+
+
+def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
+    return {}
+
+
+def check_can_open(folder: Path, manifest: dict) -> None:
+    """Nothing beyond the providers, which the runner checks."""
+
+
+def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OnnxRuntimeRunner:
+    device = manifest.get("settings", {}).get("device", "cpu")
+    return OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache", device)
 
 
 def session_options(threads: int, optimized_path: Path | None):

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 NAME = "openvino"
 PRECISIONS = ("fp32", "bf16", "int8")
+GRAPH_PRECISIONS = frozenset({"int8"})
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 runs from the graph's Q/DQ nodes
 IN_FLIGHT = 2
 
@@ -55,6 +56,50 @@ def compile_config(precision: str, threads: int, cache_dir: Path) -> dict[str, A
 
 def versions() -> dict[str, str]:
     return {"openvino": _ov().get_version()}
+
+
+def resolve_device(requested: str) -> str:
+    if requested not in ("auto", "cpu"):
+        raise InvalidInputError(f"the openvino backend runs on the CPU, not {requested}")
+    return "cpu"
+
+
+def check_request(request) -> None:
+    _ov()
+    check_precision(request.precision)
+
+
+def prepare_graphs(graphs: list[Path], request, notify) -> None:
+    """The OpenVINO form of each graph (``graph_rewrites``: same function, no layout reorders),
+    recorded in its sidecar under ``rewrites``."""
+    if not request.graph_rewrites:
+        return
+    from omniseg_rt.engines.graph_rewrites import rewrite_for_openvino
+    from omniseg_rt.graph_manifest import read_manifest, write_manifest
+
+    for graph in graphs:
+        meta = read_manifest(graph)
+        notify(f"rewriting {meta['name']} for OpenVINO")
+        done = rewrite_for_openvino(graph)
+        write_manifest(graph, {**meta, "rewrites": done})
+
+
+def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
+    return {}
+
+
+def check_can_open(folder: Path, manifest: dict) -> None:
+    if manifest["precision"] == "bf16" and not native_bf16():
+        from omniseg_rt.engines.manifest import rebuild_command
+
+        raise InvalidInputError(
+            f"{folder}: a bf16 engine, built on a CPU with native bf16, but this CPU has none; "
+            f"rebuild here with: {rebuild_command(manifest, precision='fp32')}"
+        )
+
+
+def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OpenVINORunner:
+    return OpenVINORunner(spec, folder / spec.file, manifest["precision"], threads, folder / "cache")
 
 
 class OpenVINORunner(InFlightRunner):

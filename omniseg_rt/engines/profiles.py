@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omniseg_rt.engines import registry
 from omniseg_rt.errors import InvalidInputError, MissingFileError
 
 try:
@@ -20,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 SHIPPED = Path(__file__).with_name("profiles")
-BACKENDS = ("auto", "openvino", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", *registry.BACKENDS)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CUDA_GRAPHS_GONE = ("CUDA graphs are not available: pycuda, which the TensorRT runtime uses, has no graph-capture "
                     "API in any release, so the option never captured anything; remove it (engines run the same)")

@@ -1,13 +1,35 @@
-"""Backend selection: which backends exist, which one ``auto`` means here, which precision."""
+"""The backends: which exist (each one module implementing ``backend.Backend``), which one
+``auto`` means here, which precision. Adding a backend is one module and one line here."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
+from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.hardware import native_bf16, nvidia_gpus
 
-BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
+if TYPE_CHECKING:
+    from omniseg_rt.engines.backend import Backend
+
+#: name -> module implementing the Backend hooks
+MODULES = {
+    "openvino": "omniseg_rt.engines.openvino_backend",
+    "onnxruntime": "omniseg_rt.engines.onnxruntime_backend",
+    "tensorrt": "omniseg_rt.engines.tensorrt_backend",
+    "torch": "omniseg_rt.engines.torch_backend",
+}
+BACKENDS = tuple(MODULES)
 GPU_BACKENDS = ("tensorrt",)
+
+
+def backend(name: str) -> Backend:
+    """The module of backend ``name`` (its runtime package is imported only when a hook runs)."""
+    if name not in MODULES:
+        raise InvalidInputError(f"unknown backend {name!r}: choose one of {', '.join(MODULES)}; "
+                                "an engine naming another one was built by another omniseg-rt: rebuild it")
+    return importlib.import_module(MODULES[name])
 
 
 def installed(module: str) -> bool:

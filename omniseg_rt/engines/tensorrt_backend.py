@@ -49,6 +49,8 @@ from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME
 log = logging.getLogger(__name__)
 
 NAME = "tensorrt"
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPH_PRECISIONS = frozenset({"int8", "fp16"})  # strongly typed: precision comes from the graph
 SLOTS = 2
 _LOGGER = None  # one trt.Logger per process (TensorRT warns when several are created)
 
@@ -87,6 +89,37 @@ def check_available() -> None:
 
 def versions() -> dict[str, str]:
     return {"tensorrt": _trt().__version__}
+
+
+def resolve_device(requested: str) -> str:
+    if requested not in ("auto", "cuda"):
+        raise InvalidInputError(f"TensorRT engines run on an NVIDIA GPU (cuda), not {requested}")
+    return "cuda"
+
+
+def check_request(request) -> None:
+    if request.precision not in PRECISIONS:
+        raise InvalidInputError(f"TensorRT engines are {', '.join(PRECISIONS)}, not {request.precision}")
+    if request.precision == "int8" and request.int8_tool == "nncf":
+        raise InvalidInputError("NNCF quantizes some activations as unsigned int8, which TensorRT does not take; "
+                                "use --int8-tool onnxruntime (the default) for TensorRT engines")
+    check_available()
+
+
+def prepare_graphs(graphs: list[Path], request, notify) -> None:
+    """TensorRT parses the exported (FP16 or Q/DQ INT8) graphs as they are."""
+
+
+def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
+    return build_plans(staging, manifest, request.settings, notify)
+
+
+def check_can_open(folder: Path, manifest: dict) -> None:
+    """GPU, TensorRT version and plan compatibility are checked by the runner, which has them."""
+
+
+def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> TensorRTRunner:
+    return TensorRTRunner(spec, folder, manifest)
 
 
 def _gpu() -> dict:

@@ -16,6 +16,7 @@ from omniseg_rt.errors import InvalidInputError, MissingDependencyError
 
 NAME = "torch"
 PRECISIONS = ("fp32", "fp16", "bf16")
+GRAPH_PRECISIONS: frozenset[str] = frozenset()  # runs the checkpoint; precision is a runtime cast
 
 
 def versions() -> dict[str, str]:
@@ -29,6 +30,36 @@ def pick_device(requested: str | None) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise MissingDependencyError("the torch backend was asked for CUDA, but torch sees no CUDA GPU")
     return requested
+
+
+def resolve_device(requested: str) -> str:
+    return pick_device(requested)
+
+
+def check_request(request) -> None:
+    if request.source.suffix.lower() == ".onnx":
+        raise InvalidInputError(f"{request.source}: the torch backend needs the checkpoint, not an exported graph")
+    check_precision(request.precision, pick_device(request.device))
+
+
+def prepare_graphs(graphs: list[Path], request, notify) -> None:
+    """The graphs are kept for inspection and the accuracy gate's reference; the runner uses the checkpoint."""
+
+
+def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
+    import shutil
+
+    shutil.copy2(request.source, staging / "model.pth")
+    return {}
+
+
+def check_can_open(folder: Path, manifest: dict) -> None:
+    """Devices are checked when the runner starts (pick_device)."""
+
+
+def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> TorchRunner:
+    device = pick_device(manifest.get("settings", {}).get("device"))
+    return TorchRunner(spec, folder / "model.pth", manifest["precision"], device, threads)
 
 
 def check_precision(precision: str, device: str) -> None:
