@@ -101,9 +101,16 @@ def read_format_json(path: Path, expected_format: str, what: str, fix: str) -> d
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: unreadable {what} ({exc}); {fix}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
-        raise InvalidInputError(f"{path}: not an omniseg-rt {what} (format {expected_format!r} expected)")
-    return manifest
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found == expected_format:
+        return manifest
+    kind, _, version = expected_format.rpartition("/")
+    if isinstance(found, str) and found.startswith(kind + "/"):
+        theirs = found.rpartition("/")[2]
+        age = "a newer" if theirs.isdigit() and version.isdigit() and int(theirs) > int(version) else "an older"
+        raise InvalidInputError(f"{path}: {what} of format {found}, written by {age} omniseg-rt; this one reads "
+                                f"{expected_format}: {fix}")
+    raise InvalidInputError(f"{path}: not an omniseg-rt {what} (format {expected_format!r} expected)")
 
 
 def cache_dir() -> Path:

@@ -117,6 +117,13 @@ def test_tampered_and_missing_files_are_named(ort_all, tmp_path):
     graph.unlink()
     with pytest.raises(InvalidInputError, match="graphs/midl-all.onnx is missing"):
         open_engine(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for version, age in (("0", "an older"), ("2", "a newer")):
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "format": f"omniseg-rt.engine/{version}"}))
+        with pytest.raises(InvalidInputError, match=f"format omniseg-rt.engine/{version}, written by {age} "
+                                                    "omniseg-rt; this one reads omniseg-rt.engine/1: rebuild it "
+                                                    "with: omniseg-rt build .* --backend onnxruntime"):
+            open_engine(copy)
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(InvalidInputError, match="unreadable engine manifest"):
         open_engine(copy)

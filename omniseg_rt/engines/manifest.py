@@ -47,7 +47,7 @@ def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -
     path = folder / MANIFEST
     if not path.is_file():
         raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
-    manifest = read_format_json(path, FORMAT, "engine manifest", "rebuild the engine")
+    manifest = read_format_json(path, FORMAT, "engine manifest", f"rebuild it with: {_rebuild_hint(path)}")
     problems = structure_problems(manifest)
     if problems:
         raise InvalidInputError(f"{path}: a damaged engine manifest ({'; '.join(problems)}); "
@@ -66,6 +66,15 @@ def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -
                 f"rebuild with: {rebuild_command(manifest)}"
             )
     return manifest
+
+
+def _rebuild_hint(path: Path) -> str:
+    """The rebuild command from a manifest of any format, as far as it can be read."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    return rebuild_command(old if isinstance(old, dict) else {})
 
 
 def structure_problems(manifest: dict[str, Any]) -> list[str]:
