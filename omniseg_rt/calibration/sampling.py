@@ -200,3 +200,9 @@ def _spread(candidates: list[list], count: int, rng: np.random.Generator) -> lis
             if pool and len(picks) < count:
                 picks.append(pool.pop(0))
     return picks
+
+
+def calibration_windows(calibration, tissues, part: str) -> np.ndarray:
+    """The calibration set's ``part`` windows of every scale group holding one of ``tissues``."""
+    groups = [g.name for g in SCALE_GROUPS if any(t in g.task_ids for t in tissues)]
+    return np.concatenate([load_windows(calibration, g, part) for g in groups])

@@ -21,23 +21,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from omniseg_rt import __version__
 from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.engines import registry
 from omniseg_rt.engines.backend import BuildRequest
-from omniseg_rt.hardware import cpu_summary, default_threads, nvidia_gpus
 from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
 from omniseg_rt.engines.profiles import Profile, load_profile, validate
 from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError, UsageError
 from omniseg_rt.fileutil import sha256_file
 from omniseg_rt.graph_manifest import read_manifest, write_manifest
-from omniseg_rt.tissues import SCALE_GROUPS
+from omniseg_rt.hardware import cpu_summary, default_threads, nvidia_gpus
 
 log = logging.getLogger(__name__)
 DEFAULT_DIR = Path("engines")
-GATE_WINDOWS = 4
 
 
 class AccuracyGateError(OmnisegError, RuntimeError):
@@ -108,6 +104,7 @@ def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging
         return None
     from omniseg_rt.calibration.fp16 import convert_fp16
     from omniseg_rt.calibration.int8 import quantize_int8
+    from omniseg_rt.calibration.sampling import calibration_windows
 
     (staging / "reference").mkdir()
     done = {}
@@ -117,7 +114,7 @@ def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging
         shutil.move(graph, reference)
         shutil.move(graph.with_suffix(".json"), reference.with_suffix(".json"))
         if precision == "int8":
-            windows = _calibration_windows(calibration, [t["task_id"] for t in meta["tissues"]], "calibration")
+            windows = calibration_windows(calibration, [t["task_id"] for t in meta["tissues"]], "calibration")
             notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
             info = quantize_int8(reference, windows, graph, method=method, tool=tool)
         else:
@@ -126,48 +123,6 @@ def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging
         write_manifest(graph, {**meta, "precision": precision, "reduced_from_fp32": info})
         done[meta["name"]] = info
     return done
-
-
-def _calibration_windows(calibration, tissues, part: str) -> np.ndarray:
-    """The calibration set's ``part`` windows of every scale group holding one of ``tissues``."""
-    from omniseg_rt.calibration.sampling import load_windows
-
-    groups = [g.name for g in SCALE_GROUPS if any(t in g.task_ids for t in tissues)]
-    return np.concatenate([load_windows(calibration, g, part) for g in groups])
-
-
-def _gate(folder: Path, manifest: dict, threads: int, min_dice: float, notify, calibration=None) -> dict:
-    """Run the candidate and the fp32 reference (ONNX Runtime CPU) on real windows (the
-    calibration set's held-out part, else the bundled sample slide); raise if it fails."""
-    from omniseg_rt.calibration.gate import run_gate
-    from omniseg_rt.data import sample_windows
-    from omniseg_rt.engines.loader import graph_specs, make_runner
-    from omniseg_rt.engines.onnxruntime_backend import OnnxRuntimeRunner
-
-    results, sources = [], set()
-    for spec in graph_specs(manifest):
-        if calibration is not None:
-            windows = _calibration_windows(calibration, spec.tissues, "holdout")
-            sources.add("held-out calibration windows")
-        else:
-            windows = sample_windows(GATE_WINDOWS, manifest["window"])
-            sources.add("bundled sample slide")
-        notify(f"accuracy gate: {spec.name} {manifest['precision']} vs fp32 on {len(windows)} windows")
-        candidate = make_runner(folder, manifest, spec, threads)
-        fp32 = folder / "reference" / Path(spec.file).name
-        reference = OnnxRuntimeRunner(spec, fp32 if fp32.is_file() else folder / spec.file, threads,
-                                      folder / "cache" / "reference")
-        try:
-            results.append(run_gate(list(spec.tissues), reference.infer, candidate.infer, windows, min_dice))
-        finally:
-            candidate.close()
-            reference.close()
-        shutil.rmtree(folder / "cache" / "reference", ignore_errors=True)
-    rows = [row for result in results for row in result.rows]
-    return {"threshold": results[0].threshold, "windows": sum(r.windows for r in results),
-            "source": ", ".join(sorted(sources)),
-            "reference": "fp32 graph in ONNX Runtime CPU", "passed": all(r.passed for r in results),
-            "tissues": rows}
 
 
 def build_engine(
@@ -218,12 +173,13 @@ def build_engine(
         manifest = _manifest(request, graphs, profile, final, min_dice)
         manifest.update(hooks.finish_build(staging, manifest, request, notify))
         notify(f"preparing the {request.backend} engine ({request.precision})")
+        from omniseg_rt.calibration.gate import gate_engine
         from omniseg_rt.engines.loader import open_engine_unchecked
 
         open_engine_unchecked(staging, manifest, n_threads).close()  # compiles; fills the caches
         gate = None
         if request.precision != "fp32":
-            gate = _gate(staging, manifest, n_threads, min_dice, notify, request.calibration)
+            gate = gate_engine(staging, manifest, n_threads, min_dice, notify, request.calibration)
             gate["forced"] = bool(force and not gate["passed"])
             if not gate["passed"] and not force:
                 raise AccuracyGateError(
