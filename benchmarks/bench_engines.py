@@ -60,7 +60,7 @@ def main() -> None:
                 runs[name] = lambda engine=engine: engine.infer(windows)
                 results[name] = {"group": "(all)" if tissues == "all" else "(10x)",
                                  "gflop_per_window": gflop_per_window(engine, args.window),
-                                 "build_seconds": manifest["build_seconds"], "gate": manifest["accuracy_gate"]}
+                                 "build_seconds": manifest.build_seconds, "gate": manifest.accuracy_gate}
             with torch.inference_mode():
                 samples = dict(zip(runs, round_robin_seconds(list(runs.values()), args.repeats)))
         finally:

@@ -62,7 +62,7 @@ def main() -> None:
                 rows.append({"backend": backend, "precision": precision, "int8_tool": tool,
                              "graph_rewrites": rewrites and backend == "openvino", "agreement": agreement,
                              "min_dice": min(r["dice"] for r in agreement),
-                             "max_abs": max(r["max_abs"] for r in agreement), "gate": manifest.get("accuracy_gate")})
+                             "max_abs": max(r["max_abs"] for r in agreement), "gate": manifest.accuracy_gate})
             times = round_robin_seconds([lambda e=e: e.infer(windows) for e in engines], args.repeats)
         finally:
             for engine in engines:

@@ -28,7 +28,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 f"{target}: is a directory without {MANIFEST}; expected an engine directory, "
                 "a checkpoint (.pth) or a graph (.onnx)"
             )
-        return {"kind": "engine", "path": str(target), **read_engine_manifest(target)}
+        return {"kind": "engine", "path": str(target), **read_engine_manifest(target).to_dict()}
     if target.suffix.lower() == ".onnx":
         return describe_graph(target)
     require("torch", "read PyTorch checkpoints")

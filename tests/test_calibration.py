@@ -50,10 +50,10 @@ def test_calibration_set_is_real_spread_deterministic_and_holds_out(calibration,
 def test_int8_engine_passes_the_gate_and_scores_like_fp32(calibration, tmp_path):
     path, manifest = build_engine(DEMO_GRAPH, precision="int8", backend="openvino", calibration=calibration,
                                   out=tmp_path / "int8", window=256)
-    gate = manifest["accuracy_gate"]
+    gate = manifest.accuracy_gate
     assert gate["passed"] and gate["source"] == "held-out calibration windows"
     assert {r["abbrev"] for r in gate["tissues"]} == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
-    info = manifest["reduced_precision"]["all"]
+    info = manifest.reduced_precision["all"]
     assert info["quantize_linear_nodes"] > 20 and info["per_channel_weights"] and info["symmetric"]
     assert not list((path / "graphs").glob("*.cache"))  # explicit quantization: no calibration cache
     with open_engine(path) as engine:  # the Q/DQ graph really is int8: QuantizeLinear nodes in it
@@ -136,7 +136,7 @@ def test_bf16_engine_where_the_cpu_runs_it():
 
     with tempfile.TemporaryDirectory() as tmp:
         _, manifest = build_engine(None, precision="bf16", backend="openvino", out=f"{tmp}/bf16", window=256)
-    assert manifest["accuracy_gate"]["passed"]
+    assert manifest.accuracy_gate["passed"]
 
 
 @pytest.mark.parametrize("tool", ["onnxruntime", "nncf"])

@@ -104,6 +104,13 @@ def test_manifest_records_the_build(ov_groups):
     assert manifest["accuracy_gate"] is None and manifest["build_seconds"] > 0
     # OpenVINO runs the GroupNorms in the reshape-free form (graph_rewrites); parity is checked above
     assert all(g["rewrites"]["group_norm_without_reshape"] > 0 for g in manifest["graphs"])
+    # one typed reader and writer: the JSON round-trips, and a key it does not know is refused
+    from omniseg_rt.engines.manifest import EngineManifest
+
+    typed = EngineManifest.read(ov_groups)
+    assert typed.to_dict() == manifest and typed.tissues == [2, 3, 0, 1, 4, 5] and typed.graph("10x").tissues == [0, 1, 4]
+    with pytest.raises(InvalidInputError, match=r"unknown keys \['colour'\].*omniseg-rt build"):
+        EngineManifest.from_dict({**manifest, "colour": "blue"})
 
 
 def test_tampered_and_missing_files_are_named(ort_all, tmp_path):
@@ -153,7 +160,7 @@ def test_reduced_precision_gate(workspace):
     out = workspace / "torch-bf16"
     path, manifest = build_engine(UPSTREAM["midl"], backend="torch", precision="bf16", tissues="10x",
                                   window=256, out=out)
-    gate = manifest["accuracy_gate"]
+    gate = manifest.accuracy_gate
     assert gate["passed"] and not gate["forced"] and [r["abbrev"] for r in gate["tissues"]] == ["DT", "PT", "VES"]
     assert all(0.97 <= r["dice"] < 1.0 and r["max_abs"] > 0 for r in gate["tissues"])
     with open_engine(path) as engine:
@@ -166,7 +173,7 @@ def test_reduced_precision_gate(workspace):
     assert "--force" in str(info.value) and not strict.exists()
     _, forced = build_engine(UPSTREAM["midl"], backend="torch", precision="bf16", tissues="40x", window=256,
                              out=strict, min_dice=0.99999, force=True)
-    assert forced["accuracy_gate"]["forced"] and "model.pth" in forced["files"]
+    assert forced.accuracy_gate["forced"] and "model.pth" in forced.files
 
 
 def test_cli_build_inspect_bench(tmp_path, ort_all):
@@ -219,7 +226,7 @@ def test_a_worker_rebuilds_an_engine_that_does_not_open_with_every_choice_kept(t
 
     path, manifest = build_engine(DEMO_GRAPH, backend="onnxruntime", precision="fp32", window=128, min_dice=0.9,
                                   calibration_method="entropy", out=tmp_path / "engine", threads=1)
-    (path / manifest["graphs"][0]["file"]).write_bytes(b"damaged")
+    (path / manifest.graphs[0].file).write_bytes(b"damaged")
     engine, note = local_engine(path, threads=1)
     engine.close()
     [local] = [p for p in tmp_path.iterdir() if p.name.startswith("engine.")]
@@ -227,4 +234,4 @@ def test_a_worker_rebuilds_an_engine_that_does_not_open_with_every_choice_kept(t
     assert note.startswith("rebuilt for this machine") and "do not match" in note
     assert (rebuilt["backend"], rebuilt["precision"], rebuilt["window"]) == ("onnxruntime", "fp32", 128)
     kept = ("source", "backend", "precision", "window", "min_dice", "calibration_method", "int8_tool", "device")
-    assert {k: rebuilt["rebuild"][k] for k in kept} == {k: manifest["rebuild"][k] for k in kept}
+    assert {k: rebuilt["rebuild"][k] for k in kept} == {k: manifest.rebuild[k] for k in kept}

@@ -170,11 +170,14 @@ class FakeCuda:
 
 
 def _manifest():
-    return {"graphs": [{"name": "all", "plan": "plans/all.plan", "file": "graphs/all.onnx", "tissues": [0, 1]}],
-            "tensorrt": {"version": FakeTrt.__version__, "gpu": GPU["name"],
-                         "compute_capability": GPU["compute_capability"],
-                         "profile": {"batch": [1, 2, 4], "window": 32}},
-            "rebuild": {"source": "m.pth", "backend": "tensorrt", "precision": "fp16"}}
+    from omniseg_rt.engines.manifest import EngineManifest, GraphEntry
+
+    return EngineManifest(
+        backend="tensorrt", precision="fp16", window=32, source={}, family="scale", profile={}, settings={},
+        built_on={}, versions={}, graphs=[GraphEntry("all", "graphs/all.onnx", [0, 1], plan="plans/all.plan")],
+        tensorrt={"version": FakeTrt.__version__, "gpu": GPU["name"], "compute_capability": GPU["compute_capability"],
+                  "profile": {"batch": [1, 2, 4], "window": 32}},
+        rebuild={"source": "m.pth", "backend": "tensorrt", "precision": "fp16"})
 
 
 def _open(tmp_path, trt, cuda):

@@ -72,7 +72,7 @@ def run_gate(
 GATE_WINDOWS = 4  # sample-slide windows per graph when there is no calibration set
 
 
-def gate_engine(folder: Path, manifest: dict, threads: int, min_dice: float, notify, calibration=None) -> dict:
+def gate_engine(folder: Path, manifest, threads: int, min_dice: float, notify, calibration=None) -> dict:
     """The accuracy gate of a reduced-precision engine being built in ``folder``: run it and the fp32
     reference (the graphs in ``folder/reference`` in ONNX Runtime on the CPU) on real windows (the
     calibration set's held-out part, else the bundled sample slide); the gate's record for the
@@ -88,9 +88,9 @@ def gate_engine(folder: Path, manifest: dict, threads: int, min_dice: float, not
             windows = calibration_windows(calibration, spec.tissues, "holdout")
             sources.add("held-out calibration windows")
         else:
-            windows = sample_windows(GATE_WINDOWS, manifest["window"])
+            windows = sample_windows(GATE_WINDOWS, manifest.window)
             sources.add("bundled sample slide")
-        notify(f"accuracy gate: {spec.name} {manifest['precision']} vs fp32 on {len(windows)} windows")
+        notify(f"accuracy gate: {spec.name} {manifest.precision} vs fp32 on {len(windows)} windows")
         candidate = make_runner(folder, manifest, spec, threads)
         fp32 = folder / "reference" / Path(spec.file).name
         reference = OnnxRuntimeRunner(spec, fp32 if fp32.is_file() else folder / spec.file, threads,

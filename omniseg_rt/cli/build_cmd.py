@@ -51,15 +51,15 @@ def build(
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")
         raise
-    if manifest.get("accuracy_gate"):
-        console.print(gate_table(manifest["accuracy_gate"]))
+    if manifest.accuracy_gate:
+        console.print(gate_table(manifest.accuracy_gate))
     console.print(key_value_table(f"engine {path}", {
-        "backend": manifest["backend"],
-        "precision": manifest["precision"],
-        "graphs": ", ".join(f"{g['name']} ({len(g['tissues'])} tissues)" for g in manifest["graphs"]),
-        "window": manifest["window"],
-        "cpu": manifest["built_on"]["cpu"]["name"],
-        "build time": f"{manifest['build_seconds']:.1f} s",
+        "backend": manifest.backend,
+        "precision": manifest.precision,
+        "graphs": ", ".join(f"{g.name} ({len(g.tissues)} tissues)" for g in manifest.graphs),
+        "window": manifest.window,
+        "cpu": manifest.built_on["cpu"]["name"],
+        "build time": f"{manifest.build_seconds:.1f} s",
         "next": f"omniseg-rt bench {path}",
     }))
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from omniseg_rt.engines.base import GraphRunner, GraphSpec
+    from omniseg_rt.engines.manifest import EngineManifest
     from omniseg_rt.engines.profiles import Profile
 
 
@@ -53,14 +54,14 @@ class Backend(Protocol):
     def prepare_graphs(self, graphs: list[Path], request: BuildRequest, notify: Callable[[str], None]) -> None:
         """Adapt the exported (and converted) graphs in place; record what was done in their sidecars."""
 
-    def finish_build(self, staging: Path, manifest: dict[str, Any], request: BuildRequest,
-                     notify: Callable[[str], None]) -> dict[str, Any]:
-        """Backend-specific files in the staging folder (plans, a checkpoint); manifest additions."""
+    def finish_build(self, staging: Path, manifest: EngineManifest, request: BuildRequest,
+                     notify: Callable[[str], None]) -> None:
+        """Backend-specific files in the staging folder (plans, a checkpoint), recorded in ``manifest``."""
 
-    def check_can_open(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def check_can_open(self, folder: Path, manifest: EngineManifest) -> None:
         """Raise (with the rebuild command) if this machine cannot run the engine."""
 
-    def make_runner(self, folder: Path, manifest: dict[str, Any], spec: GraphSpec, threads: int) -> GraphRunner:
+    def make_runner(self, folder: Path, manifest: EngineManifest, spec: GraphSpec, threads: int) -> GraphRunner:
         """A runner for one graph of the engine in ``folder``."""
 
     def versions(self) -> dict[str, str]:

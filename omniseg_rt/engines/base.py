@@ -20,11 +20,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from omniseg_rt.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.manifest import EngineManifest
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,13 @@ def check_images(images: np.ndarray, multiple: int = 16) -> np.ndarray:
 class Engine:
     """An opened engine directory: its manifest and one runner per graph."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], runners: Sequence[GraphRunner]) -> None:
+    def __init__(self, path: Path, manifest: EngineManifest, runners: Sequence[GraphRunner]) -> None:
         self.path = path
         self.manifest = manifest
         self.runners = tuple(runners)
         self.tissues: tuple[int, ...] = tuple(t for r in self.runners for t in r.spec.tissues)
-        self.backend: str = manifest["backend"]
-        self.precision: str = manifest["precision"]
+        self.backend: str = manifest.backend
+        self.precision: str = manifest.precision
 
     def runner(self, group: str) -> GraphRunner:
         """The runner of the graph for scale group ``group`` ("5x", "10x", "40x")."""

@@ -74,8 +74,8 @@ def bench_engine(engine: Engine, batch: int = 4, window: int = 512, repeats: int
     if gflop is not None:
         result["gflop_per_window"] = gflop
         result["achieved_gflops"] = gflop * batch / median
-    if ceilings and engine.manifest.get("settings", {}).get("device", "cpu") == "cpu":
-        threads = engine.manifest.get("settings", {}).get("threads") or default_threads()
+    if ceilings and engine.manifest.device == "cpu":
+        threads = engine.manifest.threads or default_threads()
         result["gemm_ceiling_gflops"] = {"fp32": gemm_ceiling("fp32", threads)}
         if native_bf16():
             result["gemm_ceiling_gflops"]["bf16"] = gemm_ceiling("bf16", threads)

@@ -25,7 +25,7 @@ from omniseg_rt import __version__
 from omniseg_rt.calibration.gate import DEFAULT_MIN_DICE
 from omniseg_rt.engines import registry
 from omniseg_rt.engines.backend import BuildRequest
-from omniseg_rt.engines.manifest import rebuild_command, write_engine_manifest
+from omniseg_rt.engines.manifest import EngineManifest, GraphEntry, rebuild_command
 from omniseg_rt.engines.profiles import Profile, load_profile, validate
 from omniseg_rt.errors import InvalidInputError, MissingFileError, OmnisegError, UsageError
 from omniseg_rt.fileutil import sha256_file
@@ -142,7 +142,7 @@ def build_engine(
     int8_tool: str = "onnxruntime",
     graph_rewrites: bool = True,
     on_progress: Callable[[str], None] | None = None,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, EngineManifest]:
     """Build an engine directory for this machine; returns (path, manifest).
 
     Reduced precision (bf16, fp16, int8) must reach Dice >= ``min_dice`` against fp32 for every
@@ -171,7 +171,7 @@ def build_engine(
         reduced = _reduced_precision_graphs(graphs, request, staging, notify)
         hooks.prepare_graphs(graphs, request, notify)
         manifest = _manifest(request, graphs, profile, final, min_dice)
-        manifest.update(hooks.finish_build(staging, manifest, request, notify))
+        hooks.finish_build(staging, manifest, request, notify)
         notify(f"preparing the {request.backend} engine ({request.precision})")
         from omniseg_rt.calibration.gate import gate_engine
         from omniseg_rt.engines.loader import open_engine_unchecked
@@ -189,22 +189,18 @@ def build_engine(
                     "nothing was written. Use --precision fp32, or --force to build it anyway "
                     "(recorded in the manifest)", gate)
         shutil.rmtree(staging / "reference", ignore_errors=True)  # fp32 graphs: the gate's reference only
-        if reduced:
-            manifest["reduced_precision"] = reduced
-        files = {str(p.relative_to(staging)): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file() and p.parts[len(staging.parts)] != "cache"}
-        manifest.update({
-            "accuracy_gate": gate,
-            "files": files,
-            "build_seconds": round(time.perf_counter() - start, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
-        write_engine_manifest(staging, manifest)
+        manifest.reduced_precision = reduced or None
+        manifest.accuracy_gate = gate
+        manifest.files = {str(p.relative_to(staging)): sha256_file(p)
+                          for p in sorted(staging.rglob("*")) if p.is_file() and p.parts[len(staging.parts)] != "cache"}
+        manifest.build_seconds = round(time.perf_counter() - start, 2)
+        manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest.write(staging)
         _swap_into_place(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("built %s in %.1f s (%s)", final, manifest["build_seconds"], rebuild_command(manifest))
+    log.info("built %s in %.1f s (%s)", final, manifest.build_seconds, rebuild_command(manifest))
     return final, manifest
 
 
@@ -239,39 +235,32 @@ def resolve_request(model: str | os.PathLike | None, *, precision: str | None, b
     return request
 
 
-def _manifest(request: BuildRequest, graphs: list[Path], profile, final: Path, min_dice: float) -> dict[str, Any]:
+def _manifest(request: BuildRequest, graphs: list[Path], profile, final: Path, min_dice: float) -> EngineManifest:
     """The engine manifest's description of what was built, from what, where, and how to rebuild it."""
     metas = [read_manifest(graph) for graph in graphs]
-    graph_entries = [
-        {"name": meta["name"], "file": f"graphs/{graph.name}", "tissues": [t["task_id"] for t in meta["tissues"]],
-         "scale_group": meta["scale_group"], "nominal_mpp": meta["nominal_mpp"],
-         **({"rewrites": meta["rewrites"]} if "rewrites" in meta else {})}
-        for graph, meta in zip(graphs, metas)
-    ]
     settings, source = request.settings, request.source
-    return {
-        "backend": request.backend,
-        "precision": request.precision,
-        "graphs": graph_entries,
-        "tissues": [t for g in graph_entries for t in g["tissues"]],
-        "window": settings.window,
-        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"},
-        "output": {"name": "logits", "dtype": "float32", "layout": "NTHW",
-                   "meaning": "foreground minus background logit; foreground where > 0"},
-        "source": {"path": str(source), "sha256": sha256_file(source),
-                   "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
-        "family": metas[0]["family"],
-        "profile": settings.as_dict(),
-        "settings": {"threads": settings.threads, "device": request.device},
-        "built_on": {"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
-        "versions": {"omniseg_rt": __version__, **registry.backend(request.backend).versions()},
-        "rebuild": {"source": str(source), "backend": request.backend, "precision": request.precision,
-                    "tissues": request.tissues, "profile": str(profile) if profile else None, "out": str(final),
-                    "calibration": str(request.calibration) if request.calibration is not None else None,
-                    "window": settings.window, "device": settings.device,
-                    "calibration_method": request.calibration_method, "int8_tool": request.int8_tool,
-                    "min_dice": min_dice, "graph_rewrites": request.graph_rewrites},
-    }
+    return EngineManifest(
+        backend=request.backend,
+        precision=request.precision,
+        graphs=[GraphEntry(name=meta["name"], file=f"graphs/{graph.name}",
+                           tissues=[t["task_id"] for t in meta["tissues"]], scale_group=meta["scale_group"],
+                           nominal_mpp=meta["nominal_mpp"], rewrites=meta.get("rewrites"))
+                for graph, meta in zip(graphs, metas)],
+        window=settings.window,
+        source={"path": str(source), "sha256": sha256_file(source),
+                "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
+        family=metas[0]["family"],
+        profile=settings.as_dict(),
+        settings={"threads": settings.threads, "device": request.device},
+        built_on={"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},
+        versions={"omniseg_rt": __version__, **registry.backend(request.backend).versions()},
+        rebuild={"source": str(source), "backend": request.backend, "precision": request.precision,
+                 "tissues": request.tissues, "profile": str(profile) if profile else None, "out": str(final),
+                 "calibration": str(request.calibration) if request.calibration is not None else None,
+                 "window": settings.window, "device": settings.device,
+                 "calibration_method": request.calibration_method, "int8_tool": request.int8_tool,
+                 "min_dice": min_dice, "graph_rewrites": request.graph_rewrites},
+    )
 
 
 _WORK_TAG = "omniseg-"  # marks the folders a build works in beside its engine, so only those are cleaned

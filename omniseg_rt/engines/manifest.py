@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +26,133 @@ from omniseg_rt.fileutil import atomic_write_text, read_format_json, sha256_file
 
 FORMAT = "omniseg-rt.engine/1"
 MANIFEST = "manifest.json"
+INPUT = {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB"}
+OUTPUT = {"name": "logits", "dtype": "float32", "layout": "NTHW",
+          "meaning": "foreground minus background logit; foreground where > 0"}
 
 
-def write_engine_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``folder/manifest.json`` atomically (temporary name, then rename)."""
-    path = folder / MANIFEST
-    atomic_write_text(path, json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
-    return path
+@dataclass
+class GraphEntry:
+    """One graph of an engine: its tissue set and files (relative to the engine directory)."""
+
+    name: str  # "all", or a scale group "5x" / "10x" / "40x"
+    file: str  # graphs/<name>.onnx
+    tissues: list[int]  # task ids, in output channel order
+    scale_group: str | None = None
+    nominal_mpp: float | None = None  # micrometres per pixel of the windows it expects
+    rewrites: dict[str, Any] | None = None  # OpenVINO graph rewrites applied
+    plan: str | None = None  # TensorRT: plans/<name>.plan
+    cache_key: str | None = None  # TensorRT: the plan's engine-cache key
 
 
-def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -> dict[str, Any]:
-    """Read and validate an engine directory's manifest.
+@dataclass
+class EngineManifest:
+    """An engine directory's ``manifest.json``: one reader (:meth:`read`), one writer (:meth:`write`)."""
 
-    Raises:
-        MissingFileError: no such directory, no manifest, or a listed file is missing.
-        InvalidInputError: not an engine manifest, or a file's sha256 differs from the record.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise MissingFileError(f"{folder}: no such engine directory; build one with: omniseg-rt build")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
-    manifest = read_format_json(path, FORMAT, "engine manifest", f"rebuild it with: {_rebuild_hint(path)}")
-    problems = structure_problems(manifest)
-    if problems:
-        raise InvalidInputError(f"{path}: a damaged engine manifest ({'; '.join(problems)}); "
-                                f"rebuild the engine with: {rebuild_command(manifest)}")
-    if verify_files:
-        problems = []
-        for rel, digest in manifest.get("files", {}).items():
-            file = folder / rel
-            if not file.is_file():
-                problems.append(f"{rel} is missing")
-            elif sha256_file(file) != digest:
-                problems.append(f"{rel} was modified (sha256 differs from the manifest)")
+    backend: str
+    precision: str
+    graphs: list[GraphEntry]
+    window: int  # window side in pixels the engine was built and gated for
+    source: dict[str, Any]  # path, sha256, kind (checkpoint | onnx)
+    family: str | None
+    profile: dict[str, Any]  # the Profile the build resolved
+    settings: dict[str, Any]  # threads (0: all), device
+    built_on: dict[str, Any]  # cpu summary, gpus
+    versions: dict[str, str]
+    rebuild: dict[str, Any]  # build_engine's options: see rebuild_args
+    input: dict[str, Any] = field(default_factory=lambda: dict(INPUT))
+    output: dict[str, Any] = field(default_factory=lambda: dict(OUTPUT))
+    accuracy_gate: dict[str, Any] | None = None
+    reduced_precision: dict[str, Any] | None = None
+    tensorrt: dict[str, Any] | None = None  # TensorRT: version, gpu, compute capability, profile
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    build_seconds: float | None = None
+    created: str | None = None
+
+    @property
+    def tissues(self) -> list[int]:
+        """Every tissue's task id, graph after graph (the engine's output channels)."""
+        return [t for g in self.graphs for t in g.tissues]
+
+    @property
+    def threads(self) -> int:
+        """CPU threads recorded at build (0: every core this process may use)."""
+        return int(self.settings.get("threads") or 0)
+
+    @property
+    def device(self) -> str:
+        return str(self.settings.get("device") or "cpu")
+
+    def graph(self, name: str) -> GraphEntry:
+        return next(g for g in self.graphs if g.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": FORMAT, **asdict(self), "tissues": self.tissues}
+        data["graphs"] = [{k: v for k, v in g.items() if v is not None or k in ("scale_group", "nominal_mpp")}
+                          for g in data["graphs"]]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "engine manifest") -> EngineManifest:
+        """Check and type a manifest's JSON (``format`` already checked); raise naming what is wrong."""
+        problems = structure_problems(data)
+        known = {f.name for f in fields(cls)} | {"format", "tissues"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            problems.append(f"unknown keys {unknown}")
         if problems:
-            raise InvalidInputError(
-                f"{folder}: engine files do not match {MANIFEST}: {'; '.join(problems)}; "
-                f"rebuild with: {rebuild_command(manifest)}"
-            )
-    return manifest
+            raise InvalidInputError(f"{where}: a damaged engine manifest ({'; '.join(problems)}); "
+                                    f"rebuild the engine with: {rebuild_command(data)}")
+        graph_keys = {f.name for f in fields(GraphEntry)}
+        values = {k: v for k, v in data.items() if k in known - {"format", "tissues"}}
+        values["graphs"] = [GraphEntry(**{k: v for k, v in g.items() if k in graph_keys}) for g in data["graphs"]]
+        for name in ("source", "family", "profile", "settings", "built_on", "versions", "rebuild"):
+            values.setdefault(name, None if name == "family" else {})
+        return cls(**values)
+
+    def write(self, folder: Path) -> Path:
+        """``folder/manifest.json``, written atomically (temporary name, then rename)."""
+        path = folder / MANIFEST
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike, verify_files: bool = True) -> EngineManifest:
+        """Read and check an engine directory's manifest (and, with ``verify_files``, every file
+        it lists against its sha256).
+
+        Raises:
+            MissingFileError: no such directory, or no manifest.
+            InvalidInputError: not an engine manifest, another format, damaged, or a listed file
+                missing or modified (each named, with the rebuild command).
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MissingFileError(f"{folder}: no such engine directory; build one with: omniseg-rt build")
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
+        manifest = cls.from_dict(read_format_json(path, FORMAT, "engine manifest", f"rebuild it with: {_rebuild_hint(path)}"),
+                                 str(path))
+        if verify_files:
+            problems = []
+            for rel, digest in manifest.files.items():
+                file = folder / rel
+                if not file.is_file():
+                    problems.append(f"{rel} is missing")
+                elif sha256_file(file) != digest:
+                    problems.append(f"{rel} was modified (sha256 differs from the manifest)")
+            if problems:
+                raise InvalidInputError(
+                    f"{folder}: engine files do not match {MANIFEST}: {'; '.join(problems)}; "
+                    f"rebuild with: {rebuild_command(manifest)}"
+                )
+        return manifest
+
+
+def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -> EngineManifest:
+    """:meth:`EngineManifest.read`."""
+    return EngineManifest.read(folder, verify_files)
 
 
 def _rebuild_hint(path: Path) -> str:
@@ -101,11 +188,11 @@ REBUILD_OPTIONS = ("backend", "precision", "tissues", "profile", "calibration", 
 _DEFAULTS = {"calibration_method": "minmax", "int8_tool": "onnxruntime", "min_dice": DEFAULT_MIN_DICE, "device": "auto"}
 
 
-def rebuild_args(manifest: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+def rebuild_args(manifest: EngineManifest | dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """``build_engine`` keyword arguments that make this engine again: the same source, backend,
     precision (never ``auto``: an int8 engine comes back int8), tissues, profile, calibration set,
     window, device, quantizer options and graph rewrites; ``overrides`` replace any of them."""
-    rebuild = manifest.get("rebuild")
+    rebuild = manifest.rebuild if isinstance(manifest, EngineManifest) else manifest.get("rebuild")
     spec = {**(rebuild if isinstance(rebuild, dict) else {}), **overrides}
     args = {"model": spec.get("source")}
     args.update({option: spec[option] for option in REBUILD_OPTIONS if spec.get(option) is not None})
@@ -114,7 +201,7 @@ def rebuild_args(manifest: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return args
 
 
-def rebuild_command(manifest: dict[str, Any], **overrides: Any) -> str:
+def rebuild_command(manifest: EngineManifest | dict[str, Any], **overrides: Any) -> str:
     """The ``omniseg-rt build`` command that makes this engine again (``overrides`` replace options);
     the same choices as :func:`rebuild_args`, options at their defaults left out."""
     args = rebuild_args(manifest, **overrides)

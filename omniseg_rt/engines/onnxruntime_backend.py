@@ -64,8 +64,8 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
     """ONNX Runtime runs the exported graphs as they are (its InstanceNormalization kernel is fused)."""
 
 
-def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
-    return {}
+def finish_build(staging: Path, manifest, request, notify) -> None:
+    """Nothing to add: the optimised model is cached when the engine is first opened."""
 
 
 def check_can_open(folder: Path, manifest: dict) -> None:
@@ -73,8 +73,7 @@ def check_can_open(folder: Path, manifest: dict) -> None:
 
 
 def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OnnxRuntimeRunner:
-    device = manifest.get("settings", {}).get("device", "cpu")
-    return OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache", device)
+    return OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache", manifest.device)
 
 
 def session_options(threads: int, optimized_path: Path | None):

@@ -84,12 +84,12 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
         write_manifest(graph, {**meta, "rewrites": done})
 
 
-def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
-    return {}
+def finish_build(staging: Path, manifest, request, notify) -> None:
+    """Nothing to add: OpenVINO compiles when the engine is first opened (into its cache)."""
 
 
 def check_can_open(folder: Path, manifest: dict) -> None:
-    if manifest["precision"] == "bf16" and not native_bf16():
+    if manifest.precision == "bf16" and not native_bf16():
         from omniseg_rt.engines.manifest import rebuild_command
 
         raise InvalidInputError(
@@ -99,7 +99,7 @@ def check_can_open(folder: Path, manifest: dict) -> None:
 
 
 def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OpenVINORunner:
-    return OpenVINORunner(spec, folder / spec.file, manifest["precision"], threads, folder / "cache")
+    return OpenVINORunner(spec, folder / spec.file, manifest.precision, threads, folder / "cache")
 
 
 class OpenVINORunner(InFlightRunner):

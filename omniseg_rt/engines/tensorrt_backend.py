@@ -28,7 +28,6 @@ import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -110,8 +109,8 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
     """TensorRT parses the exported (FP16 or Q/DQ INT8) graphs as they are."""
 
 
-def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
-    return build_plans(staging, manifest, request.settings, notify)
+def finish_build(staging: Path, manifest, request, notify) -> None:
+    build_plans(staging, manifest, request.settings, notify)
 
 
 def check_can_open(folder: Path, manifest: dict) -> None:
@@ -201,8 +200,9 @@ def _build_one(onnx_path: Path, plan_path: Path, precision: str, settings, timin
     save_timing_cache(config, timing_cache)
 
 
-def build_plans(staging: Path, manifest: dict, settings, notify) -> dict[str, Any]:
-    """Build (or take from the engine cache) one plan per graph; returns manifest additions."""
+def build_plans(staging: Path, manifest, settings, notify) -> None:
+    """Build (or take from the engine cache) one plan per graph; records them in ``manifest``
+    (each graph's ``plan`` and ``cache_key``, and the ``tensorrt`` section)."""
     from omniseg_rt.fileutil import sha256_file
 
     trt = _trt()
@@ -211,22 +211,21 @@ def build_plans(staging: Path, manifest: dict, settings, notify) -> dict[str, An
                "workspace_mb": settings.workspace_mb}
     (staging / "plans").mkdir(exist_ok=True)
     timing_cache = timing_cache_path(gpu, trt.__version__)
-    for graph in manifest["graphs"]:
-        onnx_path = staging / graph["file"]
-        key = cache_key(sha256_file(onnx_path), manifest["precision"], gpu["gpu"], gpu["compute_capability"],
+    for graph in manifest.graphs:
+        onnx_path = staging / graph.file
+        key = cache_key(sha256_file(onnx_path), manifest.precision, gpu["gpu"], gpu["compute_capability"],
                         trt.__version__, profile)
         cached = cache_root() / f"{key}.plan"
-        plan_path = staging / "plans" / f"{graph['name']}.plan"
+        plan_path = staging / "plans" / f"{graph.name}.plan"
         if cached.is_file():
-            notify(f"TensorRT plan for {graph['name']} from the engine cache")
+            notify(f"TensorRT plan for {graph.name} from the engine cache")
         else:
-            notify(f"building the TensorRT plan for {graph['name']} ({manifest['precision']})")
+            notify(f"building the TensorRT plan for {graph.name} ({manifest.precision})")
             cached.parent.mkdir(parents=True, exist_ok=True)
-            _build_one(onnx_path, cached, manifest["precision"], settings, timing_cache)
+            _build_one(onnx_path, cached, manifest.precision, settings, timing_cache)
         shutil.copy2(cached, plan_path)
-        graph["plan"] = f"plans/{plan_path.name}"
-        graph["cache_key"] = key
-    return {"tensorrt": {"version": trt.__version__, **gpu, "profile": profile}}
+        graph.plan, graph.cache_key = f"plans/{plan_path.name}", key
+    manifest.tensorrt = {"version": trt.__version__, **gpu, "profile": profile}
 
 
 def io_problems(trt, engine) -> list[str]:
@@ -283,9 +282,9 @@ class TensorRTRunner(InFlightRunner):
     """``trt``, ``cuda`` and ``gpus`` default to the tensorrt module, pycuda.driver and this
     machine's GPUs; tests pass stand-ins to check the logic where TensorRT is absent."""
 
-    def __init__(self, spec: GraphSpec, folder: Path, manifest: dict, trt=None, cuda=None, gpus=None) -> None:
+    def __init__(self, spec: GraphSpec, folder: Path, manifest, trt=None, cuda=None, gpus=None) -> None:
         trt, cuda = trt or _trt(), cuda or _cuda()
-        built = manifest.get("tensorrt", {})
+        built = manifest.tensorrt or {}
         gpus = nvidia_gpus() if gpus is None else gpus
         if not gpus:
             raise MissingDependencyError(f"{folder}: a TensorRT engine needs an NVIDIA GPU; none found "
@@ -309,16 +308,19 @@ class TensorRTRunner(InFlightRunner):
             raise
         self._init_slots(self.slots)
 
-    def _load(self, trt, folder: Path, manifest: dict, built: dict) -> None:
-        entry = next(g for g in manifest["graphs"] if g["name"] == self.spec.name)
+    def _load(self, trt, folder: Path, manifest, built: dict) -> None:
+        plan = manifest.graph(self.spec.name).plan
+        if plan is None:
+            raise InvalidInputError(f"{folder}: the manifest names no TensorRT plan for {self.spec.name}; "
+                                    f"rebuild with: {rebuild_command(manifest)}")
         self.runtime = trt.Runtime(_logger(trt))
-        self.engine = self.runtime.deserialize_cuda_engine((folder / entry["plan"]).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine((folder / plan).read_bytes())
         if self.engine is None:
-            raise InvalidInputError(f"{folder}: TensorRT could not deserialise {entry['plan']}; "
+            raise InvalidInputError(f"{folder}: TensorRT could not deserialise {plan}; "
                                     f"rebuild with: {rebuild_command(manifest)}")
         problems = io_problems(trt, self.engine)
         if problems:
-            raise InvalidInputError(f"{folder / entry['plan']}: not an omniseg-rt engine: {'; '.join(problems)}; "
+            raise InvalidInputError(f"{folder / plan}: not an omniseg-rt engine: {'; '.join(problems)}; "
                                     f"rebuild with: {rebuild_command(manifest)}")
         self.max_batch = built["profile"]["batch"][2]
         self.window = built["profile"]["window"]

@@ -46,11 +46,10 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
     """The graphs are kept for inspection and the accuracy gate's reference; the runner uses the checkpoint."""
 
 
-def finish_build(staging: Path, manifest: dict, request, notify) -> dict:
+def finish_build(staging: Path, manifest, request, notify) -> None:
     import shutil
 
     shutil.copy2(request.source, staging / "model.pth")
-    return {}
 
 
 def check_can_open(folder: Path, manifest: dict) -> None:
@@ -58,8 +57,7 @@ def check_can_open(folder: Path, manifest: dict) -> None:
 
 
 def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> TorchRunner:
-    device = pick_device(manifest.get("settings", {}).get("device"))
-    return TorchRunner(spec, folder / "model.pth", manifest["precision"], device, threads)
+    return TorchRunner(spec, folder / "model.pth", manifest.precision, pick_device(manifest.device), threads)
 
 
 def check_precision(precision: str, device: str) -> None:

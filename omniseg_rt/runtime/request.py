@@ -25,12 +25,12 @@ from omniseg_rt.tissues import SCALE_GROUPS, TISSUES
 _COMPARED = ("engine", "mpp", "group_mpp", "window", "overlap")
 
 
-def request_of(settings, engine_manifest: dict[str, Any]) -> dict[str, Any]:
-    """The request a run with ``settings`` (SegmentSettings) on an engine makes of each slide."""
-    source = engine_manifest.get("source")
+def request_of(settings, engine_manifest) -> dict[str, Any]:
+    """The request a run with ``settings`` (SegmentSettings) on an engine (its EngineManifest)
+    makes of each slide."""
     return {"tissues": list(settings.tissues), "engine": {
-        "backend": engine_manifest.get("backend"), "precision": engine_manifest.get("precision"),
-        "source_sha256": source.get("sha256") if isinstance(source, dict) else None},
+        "backend": engine_manifest.backend, "precision": engine_manifest.precision,
+        "source_sha256": engine_manifest.source.get("sha256")},
         "mpp": settings.mpp, "group_mpp": dict(settings.group_mpp), "window": settings.window,
         "overlap": settings.overlap}
 

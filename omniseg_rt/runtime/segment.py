@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from omniseg_rt.engines import Engine, open_engine
+from omniseg_rt.engines.manifest import EngineManifest, read_engine_manifest
 from omniseg_rt.errors import InvalidInputError, OmnisegError, UsageError
 from omniseg_rt.fileutil import temp_path
 from omniseg_rt.folder_lock import FolderLock
@@ -130,13 +129,12 @@ def _engine_window(engine) -> int | None:
     """The window of ``engine`` (an open engine or an engine directory), None when unknown."""
     if engine is None:
         return None
+    if isinstance(engine, Engine):
+        return engine.manifest.window
     try:
-        manifest = engine.manifest if isinstance(engine, Engine) else json.loads(
-            (Path(engine) / "manifest.json").read_text())
-        window = manifest.get("window")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return window if isinstance(window, int) else None
+        return read_engine_manifest(engine, verify_files=False).window
+    except OmnisegError:
+        return None  # opening the engine names what is wrong
 
 
 @contextlib.contextmanager
@@ -168,7 +166,7 @@ def _one_line(exc: BaseException, path: Path) -> str:
     return text
 
 
-def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None, batch=None, readers=2,
+def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None, batch=None, readers=2,
                   window=None, group_mpp=None, resume=True, force=False) -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window)
@@ -181,11 +179,10 @@ def make_settings(manifest: dict[str, Any], tissues=None, mpp=None, overlap=None
     if unknown:
         raise InvalidInputError(f"group_mpp: unknown scale groups {sorted(unknown)}; known: {sorted(targets)}")
     targets.update({k: float(v) for k, v in (group_mpp or {}).items()})
-    profile = manifest.get("profile", {})
     settings = SegmentSettings(
-        tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or int(manifest.get("window", 512)),
+        tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or manifest.window,
         overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-        batch=batch if batch is not None else int(profile.get("batch", {}).get("opt", 4)), readers=readers,
+        batch=batch if batch is not None else int(manifest.profile.get("batch_opt", 4)), readers=readers,
         resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
         raise UsageError(f"window {settings.window}: must be a multiple of 16, at least 64")
