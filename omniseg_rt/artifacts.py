@@ -50,5 +50,5 @@ def describe_graph(path: Path) -> dict[str, Any]:
     embedded = session.get_modelmeta().custom_metadata_map
     inputs = [{"name": i.name, "type": i.type, "shape": i.shape} for i in session.get_inputs()]
     outputs = [{"name": o.name, "type": o.type, "shape": o.shape} for o in session.get_outputs()]
-    return {"kind": "onnx", "path": str(path), "bytes": path.stat().st_size, **manifest,
+    return {"kind": "onnx", "path": str(path), "bytes": path.stat().st_size, **manifest.to_dict(),
             "graph_inputs": inputs, "graph_outputs": outputs, "metadata_props": sorted(embedded)}

@@ -44,9 +44,9 @@ def predictor(model: str | os.PathLike) -> tuple[Predict, str]:
         from omniseg_rt.graph_manifest import read_manifest
 
         meta = read_manifest(path)
-        tissues = tuple(t["task_id"] for t in meta["tissues"])
-        runner = OnnxRuntimeRunner(GraphSpec(meta["name"], tissues, meta["scale_group"], meta["nominal_mpp"],
-                                             path.name), path, 0, cache_dir=None)
+        tissues = tuple(meta.task_ids)
+        runner = OnnxRuntimeRunner(GraphSpec(meta.name, tissues, meta.scale_group, meta.nominal_mpp, path.name),
+                                   path, 0, cache_dir=None)
 
         def run_graph(images: np.ndarray, task: int) -> np.ndarray:
             if task not in tissues:

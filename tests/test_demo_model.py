@@ -45,9 +45,9 @@ def test_bundled_graph_is_the_bundled_model():
     from omniseg_rt.graph_manifest import read_manifest
 
     manifest = read_manifest(DEMO_GRAPH)  # checks the graph's sha256 against its sidecar
-    assert manifest["source"]["sha256"] == sha256_file(DEMO_MODEL)
-    assert [t["task_id"] for t in manifest["tissues"]] == list(range(6))
-    assert manifest["weights_stored_as_fp16"] > 0 and manifest["parity"]["ok"]
+    assert manifest.source["sha256"] == sha256_file(DEMO_MODEL)
+    assert manifest.task_ids == list(range(6))
+    assert manifest.weights_stored_as_fp16 > 0 and manifest.parity["ok"]
 
 
 def test_evaluate_splits_like_training_and_draws_a_sheet(tmp_path):

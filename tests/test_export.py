@@ -39,7 +39,7 @@ def exported(tmp_path_factory):
         graphs = export_graphs(checkpoint, out=out / family, verify_images=verify)
         graphs += export_graphs(checkpoint, tissues="all", out=out / family / "all.onnx", verify_images=verify)
         for graph in graphs:
-            paths[family, graph.manifest["name"]] = graph.path
+            paths[family, graph.manifest.name] = graph.path
     return paths
 
 
@@ -55,7 +55,7 @@ def contiguous_models():
 def test_parity_with_pytorch(exported, contiguous_models, family, name, batch, size):
     path = exported[family, name]
     manifest = read_manifest(path)
-    task_ids = [t["task_id"] for t in manifest["tissues"]]
+    task_ids = manifest.task_ids
     images = kidney_windows(batch, size)
     got = onnx_margins(path.read_bytes(), images, threads=2)
     with torch.inference_mode():
@@ -71,9 +71,9 @@ def test_graph_sets_and_tissue_order(exported):
     expected = {"5x": [2, 3], "10x": [0, 1, 4], "40x": [5], "all": [0, 1, 2, 3, 4, 5]}
     for (family, name), path in exported.items():
         manifest = read_manifest(path)
-        assert [t["task_id"] for t in manifest["tissues"]] == expected[name]
-        assert manifest["family"] == family
-        assert manifest["scale_group"] == (None if name == "all" else name)
+        assert manifest.task_ids == expected[name]
+        assert manifest.family == family
+        assert manifest.scale_group == (None if name == "all" else name)
 
 
 def test_graph_structure(exported):
@@ -99,13 +99,13 @@ def test_metadata_embedded_and_sidecar(exported):
     path = exported["scale", "10x"]
     manifest = read_manifest(path)
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(props["omniseg_rt.tissues"]) == manifest["tissues"]
+    assert json.loads(props["omniseg_rt.tissues"]) == manifest.tissues
     assert props["omniseg_rt.family"] == "scale"
-    assert manifest["source"]["sha256"] == sha256_file(UPSTREAM["scale"])
-    assert manifest["graph_sha256"] == sha256_file(path)
-    assert manifest["nominal_mpp"] == 1.0 and manifest["window"] == 512
-    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
-    assert manifest["parity"]["ok"] and manifest["parity"]["relative"] <= 1e-4
+    assert manifest.source["sha256"] == sha256_file(UPSTREAM["scale"])
+    assert manifest.graph_sha256 == sha256_file(path)
+    assert manifest.nominal_mpp == 1.0 and manifest.window == 512
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest.versions)
+    assert manifest.parity["ok"] and manifest.parity["relative"] <= 1e-4
 
 
 def test_tampered_or_incomplete_graph_is_refused(exported, tmp_path):
@@ -117,6 +117,15 @@ def test_tampered_or_incomplete_graph_is_refused(exported, tmp_path):
     graph.with_suffix(".json").write_text(source.with_suffix(".json").read_text())
     with pytest.raises(InvalidInputError, match="changed after export"):
         read_manifest(graph)
+    # one typed reader and writer: the sidecar round-trips; other formats and unknown keys are named
+    sidecar = json.loads(source.with_suffix(".json").read_text())
+    assert read_manifest(source).to_dict() == sidecar
+    for bad, words in (({**sidecar, "format": "omniseg-rt.onnx/2"}, "written by a newer omniseg-rt"),
+                       ({**sidecar, "stride": 3}, r"unknown keys \['stride'\]"),
+                       ({k: v for k, v in sidecar.items() if k != "tissues"}, "'tissues' is missing")):
+        graph.with_suffix(".json").write_text(json.dumps(bad))
+        with pytest.raises(InvalidInputError, match=words):
+            read_manifest(graph, verify_hash=False)
 
 
 def test_inspect_onnx(exported):
@@ -158,4 +167,4 @@ def test_cli_export_one_set(tmp_path):
     result = run_cli("export", str(UPSTREAM["scale"]), "--tissues", "PT", "--out", str(out), "--window", "256")
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(out)
-    assert [t["abbrev"] for t in manifest["tissues"]] == ["PT"] and manifest["window"] == 256
+    assert [t["abbrev"] for t in manifest.tissues] == ["PT"] and manifest.window == 256

@@ -30,8 +30,8 @@ def export(
         graphs = export_graphs(model, tissues=tissues, out=out, opset=opset, window=window,
                                on_progress=lambda message: status.update(message))
     rows = [
-        [str(g.path), ",".join(t["abbrev"] for t in g.manifest["tissues"]),
-         f"{g.manifest['parity']['relative']:.1e}", "yes" if g.manifest["simplified"] else "no",
+        [str(g.path), ",".join(t["abbrev"] for t in g.manifest.tissues),
+         f"{g.manifest.parity['relative']:.1e}", "yes" if g.manifest.simplified else "no",
          f"{g.path.stat().st_size / 1e6:.1f}"]
         for g in graphs
     ]

@@ -22,9 +22,9 @@ def gflop_per_window(engine: Engine, window: int) -> float | None:
     total = 0.0
     for runner in engine.runners:
         meta = read_manifest(engine.path / runner.spec.file, verify_hash=False)
-        if "gflop_per_window" not in meta:
+        if meta.gflop_per_window is None:
             return None
-        total += meta["gflop_per_window"] * (window / meta["window"]) ** 2
+        total += meta.gflop_per_window * (window / meta.window) ** 2
     return total
 
 

@@ -88,11 +88,11 @@ def _source_graphs(model: Path, tissues: str | None, window: int, staging: Path,
     exported = export_graphs(model, tissues=tissues, out=graphs_dir, window=window,
                              on_progress=notify)
     for graph in exported:  # engine-local names: graphs/<set>.onnx, sidecar rewritten to match
-        target = graphs_dir / f"{graph.manifest['name']}.onnx"
+        target = graphs_dir / f"{graph.manifest.name}.onnx"
         graph.path.rename(target)
         graph.manifest_path.unlink()
         write_manifest(target, graph.manifest)  # graph_file and graph_sha256 are set anew
-    return [graphs_dir / f"{g.manifest['name']}.onnx" for g in exported]
+    return [graphs_dir / f"{g.manifest.name}.onnx" for g in exported]
 
 
 def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging: Path, notify) -> dict | None:
@@ -114,14 +114,15 @@ def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging
         shutil.move(graph, reference)
         shutil.move(graph.with_suffix(".json"), reference.with_suffix(".json"))
         if precision == "int8":
-            windows = calibration_windows(calibration, [t["task_id"] for t in meta["tissues"]], "calibration")
-            notify(f"quantizing {meta['name']} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
+            windows = calibration_windows(calibration, meta.task_ids, "calibration")
+            notify(f"quantizing {meta.name} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
             info = quantize_int8(reference, windows, graph, method=method, tool=tool)
         else:
-            notify(f"converting {meta['name']} to FP16")
+            notify(f"converting {meta.name} to FP16")
             info = convert_fp16(reference, graph)
-        write_manifest(graph, {**meta, "precision": precision, "reduced_from_fp32": info})
-        done[meta["name"]] = info
+        meta.precision, meta.reduced_from_fp32 = precision, info
+        write_manifest(graph, meta)
+        done[meta.name] = info
     return done
 
 
@@ -242,14 +243,13 @@ def _manifest(request: BuildRequest, graphs: list[Path], profile, final: Path, m
     return EngineManifest(
         backend=request.backend,
         precision=request.precision,
-        graphs=[GraphEntry(name=meta["name"], file=f"graphs/{graph.name}",
-                           tissues=[t["task_id"] for t in meta["tissues"]], scale_group=meta["scale_group"],
-                           nominal_mpp=meta["nominal_mpp"], rewrites=meta.get("rewrites"))
+        graphs=[GraphEntry(name=meta.name, file=f"graphs/{graph.name}", tissues=meta.task_ids,
+                           scale_group=meta.scale_group, nominal_mpp=meta.nominal_mpp, rewrites=meta.rewrites)
                 for graph, meta in zip(graphs, metas)],
         window=settings.window,
         source={"path": str(source), "sha256": sha256_file(source),
                 "kind": "onnx" if source.suffix.lower() == ".onnx" else "checkpoint"},
-        family=metas[0]["family"],
+        family=metas[0].family,
         profile=settings.as_dict(),
         settings={"threads": settings.threads, "device": request.device},
         built_on={"cpu": cpu_summary(), "gpus": list(nvidia_gpus())},

@@ -79,9 +79,9 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
 
     for graph in graphs:
         meta = read_manifest(graph)
-        notify(f"rewriting {meta['name']} for OpenVINO")
-        done = rewrite_for_openvino(graph)
-        write_manifest(graph, {**meta, "rewrites": done})
+        notify(f"rewriting {meta.name} for OpenVINO")
+        meta.rewrites = rewrite_for_openvino(graph)
+        write_manifest(graph, meta)
 
 
 def finish_build(staging: Path, manifest, request, notify) -> None:

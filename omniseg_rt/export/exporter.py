@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from omniseg_rt import __version__
 from omniseg_rt.errors import ExportError, InvalidInputError
-from omniseg_rt.graph_manifest import FORMAT, INPUT_NAME, OUTPUT_NAME, metadata_props, write_manifest
+from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME, GraphManifest, metadata_props, write_manifest
 from omniseg_rt.tissues import SCALE_GROUPS, Tissue, parse_tissues
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ DEFAULT_DIR = Path("export")
 class ExportedGraph:
     path: Path
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: GraphManifest
 
 
 def graph_sets(spec: str | None) -> list[tuple[str, tuple[Tissue, ...]]]:
@@ -150,39 +149,35 @@ def export_graphs(
                 "nothing was written for it"
             )
         groups = sorted({t.group.name for t in chosen})
-        manifest = {
-            "format": FORMAT,
-            "name": name,
-            "tissues": [
-                {"task_id": t.task_id, "abbrev": t.abbrev, "name": t.name, "scale_id": t.scale_id,
-                 "scale_group": t.group.name, "nominal_mpp": t.nominal_mpp}
-                for t in chosen
-            ],
-            "scale_group": groups[0] if len(groups) == 1 else None,
-            "nominal_mpp": chosen[0].nominal_mpp if len(groups) == 1 else None,
-            "window": window,
-            "size_multiple": 16,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
-                      "shape": ["batch", 3, "height", "width"], "range": [0, 255]},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NTHW",
-                       "shape": ["batch", len(chosen), "height", "width"],
-                       "meaning": "foreground minus background logit; foreground where > 0"},
-            "family": model.family,
-            "source": {"path": str(source), "sha256": source_sha},
-            "opset": opset,
-            "ops": onnx_graph.op_types(proto),
-            "gflop_per_window": round(flops_per_window(module, window) / 1e9, 3),
-            "simplified": simplified,
-            "weights_stored_as_fp16": half_stored,
-            "parity": {**check, "windows": len(images), "runtime": "onnxruntime CPU",
-                       "reference": "PyTorch forward_tasks"},
-            "versions": versions,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        manifest = GraphManifest(
+            name=name,
+            tissues=[{"task_id": t.task_id, "abbrev": t.abbrev, "name": t.name, "scale_id": t.scale_id,
+                      "scale_group": t.group.name, "nominal_mpp": t.nominal_mpp} for t in chosen],
+            scale_group=groups[0] if len(groups) == 1 else None,
+            nominal_mpp=chosen[0].nominal_mpp if len(groups) == 1 else None,
+            window=window,
+            size_multiple=16,
+            input={"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+                   "shape": ["batch", 3, "height", "width"], "range": [0, 255]},
+            output={"name": OUTPUT_NAME, "dtype": "float32", "layout": "NTHW",
+                    "shape": ["batch", len(chosen), "height", "width"],
+                    "meaning": "foreground minus background logit; foreground where > 0"},
+            family=model.family,
+            source={"path": str(source), "sha256": source_sha},
+            opset=opset,
+            ops=onnx_graph.op_types(proto),
+            gflop_per_window=round(flops_per_window(module, window) / 1e9, 3),
+            simplified=simplified,
+            weights_stored_as_fp16=half_stored,
+            parity={**check, "windows": len(images), "runtime": "onnxruntime CPU",
+                    "reference": "PyTorch forward_tasks"},
+            versions=versions,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx_graph.save(proto, path, metadata_props(manifest))
-        manifest_path = write_manifest(path, manifest)
+        manifest_path = write_manifest(path, manifest)  # records the graph's file name and sha256
         log.info("wrote %s (%.1f s, parity %.2e of the logit range)", path, time.perf_counter() - start,
                  check["relative"])
-        results.append(ExportedGraph(path, manifest_path, {**manifest, "graph_sha256": sha256_file(path)}))
+        results.append(ExportedGraph(path, manifest_path, manifest))
     return results
