@@ -1,11 +1,14 @@
 """One command for a machine with an NVIDIA GPU: TensorRT engines checked and timed.
 
 1. builds the CPU fp32 reference engine (ONNX Runtime, all tissues);
-2. builds a TensorRT fp16 engine (and int8 when --calibration is given) with the gpu profiles;
+2. builds TensorRT fp16 and int8 engines with the gpu profiles (int8 calibrated on --calibration,
+   else on a calibration set sampled here from the shared slides and kidney patches);
 3. checks each against the reference on real windows: per-tissue Dice agreement, max |diff|;
 4. times TensorRT against the torch backend on CUDA in fp32 and fp16.
 
-    python benchmarks/gpu_check.py CHECKPOINT [--calibration DIR] [--batch 8] [--window 512]
+    python benchmarks/gpu_check.py [CHECKPOINT] [--calibration DIR] [--batch 8] [--window 512]
+
+CHECKPOINT defaults to the bundled demo model.
 
 Needs: pip install 'omniseg-rt[tensorrt,train,export]' on a machine with an NVIDIA driver.
 Prints a table and writes benchmarks/results/gpu_check.json.
@@ -20,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from _common import environment, median_seconds, real_windows, write_result
+from _common import PATCHES, SHARED, environment, median_seconds, real_windows, write_result
 from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.hardware import nvidia_gpus
@@ -28,7 +31,7 @@ from omniseg_rt.hardware import nvidia_gpus
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?", default=None, help="default: the bundled demo model")
     parser.add_argument("--calibration", default=None)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--window", type=int, default=512)
@@ -39,12 +42,15 @@ def main() -> None:
         raise SystemExit("no NVIDIA GPU found (nvidia-smi): this check needs one")
     windows = real_windows(args.batch, args.window)
     # (backend, precision, device)
-    builds = [("onnxruntime", "fp32", "cpu"), ("tensorrt", "fp16", None), ("torch", "fp32", "cuda"),
-              ("torch", "fp16", "cuda")]
-    if args.calibration:
-        builds.append(("tensorrt", "int8", None))
+    builds = [("onnxruntime", "fp32", "cpu"), ("tensorrt", "fp16", None), ("tensorrt", "int8", None),
+              ("torch", "fp32", "cuda"), ("torch", "fp16", "cuda")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.calibration is None:
+            from omniseg_rt.calibration.sampling import calibrate
+
+            args.calibration, _ = calibrate([SHARED / "data" / "slides", PATCHES], Path(tmp) / "calibration",
+                                            tiles_per_group=16, window=args.window, mpp=0.5)
         reference = None
         for backend, precision, device in builds:
             name = f"{backend}-{precision}"
