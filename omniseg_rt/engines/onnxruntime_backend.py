@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,10 @@ from omniseg_rt._optional import require
 from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
 from omniseg_rt.errors import InvalidInputError, MissingDependencyError
 from omniseg_rt.graph_manifest import INPUT_NAME
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.backend import BuildRequest
+    from omniseg_rt.engines.manifest import EngineManifest
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +60,24 @@ def resolve_device(requested: str) -> str:
     return "cpu" if requested == "auto" else requested
 
 
-def check_request(request) -> None:
+def check_request(request: BuildRequest) -> None:
     providers_for(request.device)
     check_precision(request.precision, request.device)
 
 
-def prepare_graphs(graphs: list[Path], request, notify) -> None:
+def prepare_graphs(graphs: list[Path], request: BuildRequest, notify) -> None:
     """ONNX Runtime runs the exported graphs as they are (its InstanceNormalization kernel is fused)."""
 
 
-def finish_build(staging: Path, manifest, request, notify) -> None:
+def finish_build(staging: Path, manifest: EngineManifest, request: BuildRequest, notify) -> None:
     """Nothing to add: the optimised model is cached when the engine is first opened."""
 
 
-def check_can_open(folder: Path, manifest: dict) -> None:
+def check_can_open(folder: Path, manifest: EngineManifest) -> None:
     """Nothing beyond the providers, which the runner checks."""
 
 
-def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OnnxRuntimeRunner:
+def make_runner(folder: Path, manifest: EngineManifest, spec: GraphSpec, threads: int) -> OnnxRuntimeRunner:
     return OnnxRuntimeRunner(spec, folder / spec.file, threads, folder / "cache", manifest.device)
 
 

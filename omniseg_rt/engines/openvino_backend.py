@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,10 @@ from omniseg_rt._optional import require
 from omniseg_rt.engines.base import GraphSpec, InFlightRunner
 from omniseg_rt.hardware import native_bf16
 from omniseg_rt.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.backend import BuildRequest
+    from omniseg_rt.engines.manifest import EngineManifest
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,12 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def check_request(request) -> None:
+def check_request(request: BuildRequest) -> None:
     _ov()
     check_precision(request.precision)
 
 
-def prepare_graphs(graphs: list[Path], request, notify) -> None:
+def prepare_graphs(graphs: list[Path], request: BuildRequest, notify) -> None:
     """The OpenVINO form of each graph (``graph_rewrites``: same function, no layout reorders),
     recorded in its sidecar under ``rewrites``."""
     if not request.graph_rewrites:
@@ -84,11 +88,11 @@ def prepare_graphs(graphs: list[Path], request, notify) -> None:
         write_manifest(graph, meta)
 
 
-def finish_build(staging: Path, manifest, request, notify) -> None:
+def finish_build(staging: Path, manifest: EngineManifest, request: BuildRequest, notify) -> None:
     """Nothing to add: OpenVINO compiles when the engine is first opened (into its cache)."""
 
 
-def check_can_open(folder: Path, manifest: dict) -> None:
+def check_can_open(folder: Path, manifest: EngineManifest) -> None:
     if manifest.precision == "bf16" and not native_bf16():
         from omniseg_rt.engines.manifest import rebuild_command
 
@@ -98,7 +102,7 @@ def check_can_open(folder: Path, manifest: dict) -> None:
         )
 
 
-def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> OpenVINORunner:
+def make_runner(folder: Path, manifest: EngineManifest, spec: GraphSpec, threads: int) -> OpenVINORunner:
     return OpenVINORunner(spec, folder / spec.file, manifest.precision, threads, folder / "cache")
 
 

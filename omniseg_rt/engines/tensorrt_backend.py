@@ -28,6 +28,7 @@ import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,10 @@ from omniseg_rt.engines.tensorrt_logic import (
 from omniseg_rt.errors import InvalidInputError, MissingDependencyError
 from omniseg_rt.fileutil import cache_dir, replacing
 from omniseg_rt.graph_manifest import INPUT_NAME, OUTPUT_NAME
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.backend import BuildRequest
+    from omniseg_rt.engines.manifest import EngineManifest
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ def resolve_device(requested: str) -> str:
     return "cuda"
 
 
-def check_request(request) -> None:
+def check_request(request: BuildRequest) -> None:
     if request.precision not in PRECISIONS:
         raise InvalidInputError(f"TensorRT engines are {', '.join(PRECISIONS)}, not {request.precision}")
     if request.precision == "int8" and request.int8_tool == "nncf":
@@ -105,19 +110,19 @@ def check_request(request) -> None:
     check_available()
 
 
-def prepare_graphs(graphs: list[Path], request, notify) -> None:
+def prepare_graphs(graphs: list[Path], request: BuildRequest, notify) -> None:
     """TensorRT parses the exported (FP16 or Q/DQ INT8) graphs as they are."""
 
 
-def finish_build(staging: Path, manifest, request, notify) -> None:
+def finish_build(staging: Path, manifest: EngineManifest, request: BuildRequest, notify) -> None:
     build_plans(staging, manifest, request.settings, notify)
 
 
-def check_can_open(folder: Path, manifest: dict) -> None:
+def check_can_open(folder: Path, manifest: EngineManifest) -> None:
     """GPU, TensorRT version and plan compatibility are checked by the runner, which has them."""
 
 
-def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> TensorRTRunner:
+def make_runner(folder: Path, manifest: EngineManifest, spec: GraphSpec, threads: int) -> TensorRTRunner:
     return TensorRTRunner(spec, folder, manifest)
 
 

@@ -7,12 +7,17 @@ holds the checkpoint (``model.pth``); this is the one backend that imports torch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from omniseg_rt._optional import require
 from omniseg_rt.engines.base import GraphRunner, GraphSpec, check_images
 from omniseg_rt.errors import InvalidInputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from omniseg_rt.engines.backend import BuildRequest
+    from omniseg_rt.engines.manifest import EngineManifest
 
 NAME = "torch"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -36,27 +41,27 @@ def resolve_device(requested: str) -> str:
     return pick_device(requested)
 
 
-def check_request(request) -> None:
+def check_request(request: BuildRequest) -> None:
     if request.source.suffix.lower() == ".onnx":
         raise InvalidInputError(f"{request.source}: the torch backend needs the checkpoint, not an exported graph")
     check_precision(request.precision, pick_device(request.device))
 
 
-def prepare_graphs(graphs: list[Path], request, notify) -> None:
+def prepare_graphs(graphs: list[Path], request: BuildRequest, notify) -> None:
     """The graphs are kept for inspection and the accuracy gate's reference; the runner uses the checkpoint."""
 
 
-def finish_build(staging: Path, manifest, request, notify) -> None:
+def finish_build(staging: Path, manifest: EngineManifest, request: BuildRequest, notify) -> None:
     import shutil
 
     shutil.copy2(request.source, staging / "model.pth")
 
 
-def check_can_open(folder: Path, manifest: dict) -> None:
+def check_can_open(folder: Path, manifest: EngineManifest) -> None:
     """Devices are checked when the runner starts (pick_device)."""
 
 
-def make_runner(folder: Path, manifest: dict, spec: GraphSpec, threads: int) -> TorchRunner:
+def make_runner(folder: Path, manifest: EngineManifest, spec: GraphSpec, threads: int) -> TorchRunner:
     return TorchRunner(spec, folder / "model.pth", manifest.precision, pick_device(manifest.device), threads)
 
 
