@@ -61,6 +61,10 @@ def test_evaluate_splits_like_training_and_draws_a_sheet(tmp_path):
     card = json.loads(DEMO_CARD.read_text())
     assert val["patches"] == card["val_patches"] and val["split"].startswith("val")
     assert {r["abbrev"] for r in val["tissues"]} == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
+    want = {r["abbrev"]: r["dice"] for r in card["evaluate_val_patches"]["tissues"]}  # the card's held-out column
+    for row in val["tissues"]:
+        assert row["dice"] == pytest.approx(want[row["abbrev"]], abs=2e-3), row["abbrev"]
+        assert row["dice"] > 0, f"the demo model finds no {row['abbrev']} on its held-out patches"
     with Image.open(sheet) as picture:  # one row per tissue, up to two patches (two tiles each) per row
         assert picture.size[1] > 6 * 192 and picture.size[0] > 2 * 2 * 192
     bad = run_cli("evaluate", str(PATCHES), "--split", "test")
