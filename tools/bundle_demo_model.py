@@ -1,6 +1,6 @@
-"""Bundle a training run's best checkpoint as the package's demo model, with its model card.
+"""Bundle a training run's best (or last) checkpoint as the package's demo model, with its model card.
 
-    python tools/bundle_demo_model.py RUN_DIR --command "omniseg-rt train ..." [--data DIR]
+    python tools/bundle_demo_model.py RUN_DIR --command "omniseg-rt train ..." [--data DIR] [--checkpoint last]
 
 RUN_DIR holds ``best.pth`` and ``last.pth`` (or, for a run trained on another machine, the
 ``history.json`` that ``tools/gpu_session.sh`` brings back with a release ``best.pth``).
@@ -33,17 +33,21 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact training command, for the card")
     parser.add_argument("--note", default="", help="a status line for the card (e.g. still improving)")
     parser.add_argument("--wall-seconds", type=float, default=None, help="training wall time, if the run lacks it")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best: the epoch with the best validation score; last: the end of the schedule")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/kidney_patches")
     args = parser.parse_args()
 
-    meta = save_for_release(args.run / "best.pth", DEMO_MODEL)
+    meta = save_for_release(args.run / f"{args.checkpoint}.pth", DEMO_MODEL)
     export_graphs(DEMO_MODEL, tissues="all", out=DEMO_GRAPH)  # the torch-free default engine's source
     if (args.run / "last.pth").is_file():
         last = torch.load(args.run / "last.pth", weights_only=True)
     else:  # a run trained elsewhere (e.g. a GPU machine) comes back as best.pth + history.json
         last = json.loads((args.run / "history.json").read_text())
     history = last["history"]
-    best = max(history, key=lambda h: h["score"])
+    best = max(history, key=lambda h: h["score"]) if args.checkpoint == "best" else history[-1]
+    chosen = (f"best validation at epoch {best['epoch']}" if args.checkpoint == "best"
+              else f"the last epoch's weights, {best['epoch']}")
     predict = predictor(DEMO_MODEL)[0]
     recipe = meta["recipe"]
     result = evaluate(args.data, predict)
@@ -54,7 +58,8 @@ def main() -> None:
         "storage": "float16 weights (float32 at load)", "command": args.command,
         "data": "72 public kidney patches (Omni-Seg KI_data demo set: H&E, PAS, silver, trichrome)",
         "data_sha256": meta["data_sha256"], "train_patches": meta["train"], "val_patches": meta["val"],
-        "epochs_run": len(history), "best_epoch": best["epoch"], "val_dice_best_epoch": best["val_dice"],
+        "epochs_run": len(history), "checkpoint": args.checkpoint, "bundled_epoch": best["epoch"],
+        "val_dice_bundled_epoch": best["val_dice"],
         "train_seconds": last.get("train_seconds", args.wall_seconds), "history": history, "recipe": meta["recipe"],
         "versions": meta["versions"], "hardware": meta.get("hardware"), "status": args.note,
         "evaluate_all_patches": result, "evaluate_train_patches": sides["train"],
@@ -81,7 +86,7 @@ stains); real use needs a model trained on thousands of annotated patches.
 - Data: the Omni-Seg KI_data demo patches ({meta['samples']} patches, {meta['train']} for training,
   {meta['val']} held out for validation, split by source image), data sha256 `{meta['data_sha256'][:16]}...`.
 - Command: `{args.command}`
-- Epochs: {len(history)} (best validation at epoch {best['epoch']}); recipe: {recipe_text}, poly decay
+- Epochs: {len(history)} ({chosen}); recipe: {recipe_text}, poly decay
   {meta['recipe']['poly_power']}, batch {meta['recipe']['batch_size']}, augmentation {'on' if meta['recipe']['augment'] else 'off'}.
 - Wall time: {card['train_seconds'] / 60:.1f} minutes on {meta.get('hardware', 'a 2-core CPU')} ({card['train_seconds'] / max(1, len(history)):.0f} s per epoch).
 
