@@ -32,7 +32,11 @@ class RedRunner(GraphRunner):
 
 def red_engine(path) -> Engine:
     runners = [RedRunner(GraphSpec(g.name, g.task_ids, g.name, g.nominal_mpp, "-")) for g in SCALE_GROUPS]
-    return Engine(path, {"backend": "test", "precision": "fp32", "window": 64, "profile": {}}, runners)
+    from omniseg_rt.engines.manifest import EngineManifest
+
+    manifest = EngineManifest(backend="test", precision="fp32", graphs=[], window=64, source={}, family=None,
+                              profile={}, settings={}, built_on={}, versions={}, rebuild={})
+    return Engine(path, manifest, runners)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,10 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
     if windows.dtype != np.uint8 or windows.ndim != 4 or len(windows) == 0:
         raise InvalidInputError(f"calibration windows must be uint8 [N, 3, H, W] (N > 0), got {windows.dtype} {windows.shape}")
 
+    # equal batches: ONNX Runtime's entropy and percentile calibrators stack the batches' outputs
+    # and fail on a shorter last one ("inhomogeneous shape")
+    batch = max(d for d in range(1, min(batch, len(windows)) + 1) if len(windows) % d == 0)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter([{INPUT_NAME: windows[i:i + batch]} for i in range(0, len(windows), batch)])
@@ -111,8 +115,9 @@ def _nncf_quantize(pre: Path, windows: np.ndarray, out: Path, exclude: list[str]
 def tensorrt_qdq_problems(model) -> list[str]:
     """Why TensorRT's explicit quantization would reject the Q/DQ graph ``model`` (an
     ``onnx.ModelProto``; empty: nothing found): a DequantizeLinear fed by anything but int8 (an
-    int32 bias), a convolution bias that is not a float initializer, or a first node other than
-    the Cast of the uint8 ``image`` input (the Cast is what keeps uint8 out of the quantized part)."""
+    int32 bias), a convolution bias that is not a float initializer, or a use of the uint8 ``image``
+    input other than a Cast to float (TensorRT takes uint8 only as a network input, and the Cast
+    keeps it out of the quantized part)."""
     from onnx import TensorProto
 
     graph = model.graph
@@ -124,7 +129,7 @@ def tensorrt_qdq_problems(model) -> list[str]:
         if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
             if dtypes.get(node.input[2]) not in (TensorProto.FLOAT, TensorProto.FLOAT16):
                 problems.append(f"Conv {node.name} has a bias that is not a float initializer ({node.input[2]})")
-    first = graph.node[0] if graph.node else None
-    if first is None or first.op_type != "Cast" or list(first.input) != [INPUT_NAME]:
-        problems.append(f"the first node is not the Cast of the uint8 {INPUT_NAME} input")
+    users = [n for n in graph.node if INPUT_NAME in n.input]
+    if not users or any(n.op_type != "Cast" for n in users):
+        problems.append(f"the uint8 {INPUT_NAME} input feeds {[n.op_type for n in users]}, not only a Cast to float")
     return problems
