@@ -97,7 +97,8 @@ def main() -> None:
 `omniseg-rt demo` segments the bundled sample slide (CMU-1-Small-Region, public domain): per-tissue
 masks as pyramidal OME-TIFF, polygons that QuPath imports, statistics and this overlay. The slide
 is skin, not kidney: the kidney heads mark much of it, glass next to tissue included, so read it
-for what the outputs look like, not for accuracy (the window grid shows too: issue 18).
+for what the outputs look like, not for accuracy (seams between windows show too: blending of
+overlapping windows is planned).
 
 ![Overlay of the demo slide: every tissue's outline over the slide]({picture})
 
