@@ -293,3 +293,5 @@ def test_live_heads_start_alive_and_the_controller_steps_gently():
     assert selection_score({"CAP": 0.8, "DT": 0.0}, "mean") == pytest.approx(0.4)
     assert selection_score({"CAP": 0.8, "DT": 0.0}, "harmonic") < 0.01  # a tissue at 0 is not hidden
     assert selection_score({"CAP": 0.8, "DT": 0.6}, "harmonic") == pytest.approx(2 / (1 / 0.8 + 1 / 0.6))
+    with pytest.raises(InvalidInputError, match="'median'"):  # before any epoch: no scores yet
+        selection_score({}, "median")

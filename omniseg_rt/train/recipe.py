@@ -80,14 +80,14 @@ def param_groups(model: torch.nn.Module, lr: float, controller_lr_scale: float) 
 def selection_score(val_dice: dict[str, float], how: str) -> float:
     """One number per epoch from the per-tissue validation Dice: their ``mean`` or ``harmonic`` mean
     (each Dice floored at 0.001, so that a tissue at 0 pulls the score to about 0)."""
+    if how not in ("mean", "harmonic"):  # checked first: the trainer calls this with {} to check --select
+        raise InvalidInputError(f"checkpoint selection {how!r}: choose harmonic or mean")
     values = list(val_dice.values())
     if not values:
         return float("nan")
     if how == "mean":
         return sum(values) / len(values)
-    if how == "harmonic":
-        return len(values) / sum(1.0 / max(v, 1e-3) for v in values)
-    raise InvalidInputError(f"checkpoint selection {how!r}: choose harmonic or mean")
+    return len(values) / sum(1.0 / max(v, 1e-3) for v in values)
 
 
 def tissue_columns(model: torch.nn.Module, task: int, scale: int) -> torch.Tensor:
