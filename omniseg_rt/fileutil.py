@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,15 +92,20 @@ def io_errors(path: str | os.PathLike, doing: str = "write") -> Iterator[None]:
         raise error from exc
 
 
-def read_format_json(path: Path, expected_format: str, what: str, fix: str) -> dict[str, Any]:
+def read_format_json(path: Path, expected_format: str, what: str,
+                     fix: str | Callable[[dict[str, Any]], str]) -> dict[str, Any]:
     """A JSON manifest whose ``format`` must be ``expected_format``; ``what`` names it in errors
-    ("engine manifest"), ``fix`` says what to do about an unreadable one."""
+    ("engine manifest"), ``fix`` says what to do about an unreadable one or one of another format
+    version (a callable gets what could be read -- ``{}`` if nothing -- and is called only then)."""
     from omniseg_rt.errors import InvalidInputError
+
+    def advice(readable: Any) -> str:
+        return fix(readable if isinstance(readable, dict) else {}) if callable(fix) else fix
 
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{path}: unreadable {what} ({exc}); {fix}") from None
+        raise InvalidInputError(f"{path}: unreadable {what} ({exc}); {advice(None)}") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found == expected_format:
         return manifest
@@ -109,7 +114,7 @@ def read_format_json(path: Path, expected_format: str, what: str, fix: str) -> d
         theirs = found.rpartition("/")[2]
         age = "a newer" if theirs.isdigit() and version.isdigit() and int(theirs) > int(version) else "an older"
         raise InvalidInputError(f"{path}: {what} of format {found}, written by {age} omniseg-rt; this one reads "
-                                f"{expected_format}: {fix}")
+                                f"{expected_format}: {advice(manifest)}")
     raise InvalidInputError(f"{path}: not an omniseg-rt {what} (format {expected_format!r} expected)")
 
 

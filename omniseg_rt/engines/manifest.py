@@ -132,8 +132,8 @@ class EngineManifest:
         path = folder / MANIFEST
         if not path.is_file():
             raise MissingFileError(f"{folder}: not an engine directory (no {MANIFEST}); build one with: omniseg-rt build")
-        manifest = cls.from_dict(read_format_json(path, FORMAT, "engine manifest", f"rebuild it with: {_rebuild_hint(path)}"),
-                                 str(path))
+        data = read_format_json(path, FORMAT, "engine manifest", lambda old: f"rebuild it with: {rebuild_command(old)}")
+        manifest = cls.from_dict(data, str(path))
         if verify_files:
             problems = []
             for rel, digest in manifest.files.items():
@@ -153,15 +153,6 @@ class EngineManifest:
 def read_engine_manifest(folder: str | os.PathLike, verify_files: bool = True) -> EngineManifest:
     """:meth:`EngineManifest.read`."""
     return EngineManifest.read(folder, verify_files)
-
-
-def _rebuild_hint(path: Path) -> str:
-    """The rebuild command from a manifest of any format, as far as it can be read."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
-    return rebuild_command(old if isinstance(old, dict) else {})
 
 
 def structure_problems(manifest: dict[str, Any]) -> list[str]:
