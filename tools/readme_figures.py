@@ -50,7 +50,7 @@ def demo_picture(data: Path, width: int = 720) -> str:
     return PICTURE.relative_to(REPO).as_posix()
 
 
-def dice_table(data: Path) -> tuple[str, dict]:
+def dice_table(data: Path) -> str:
     """Markdown: per tissue, Dice on the held-out / training / all patches (``evaluate --json``)."""
     from omniseg_rt.data import DEMO_CARD
 
@@ -68,7 +68,7 @@ def dice_table(data: Path) -> tuple[str, dict]:
     means = {side: run["mean_dice"] for side, run in runs.items()}
     lines.append(f"| mean | {sum(by['val'][t]['patches'] for t in by['val'])} | {means['val']:.3f} | "
                  f"{means['train']:.3f} | {means['all']:.3f} |")
-    return "\n".join(lines), runs
+    return "\n".join(lines)
 
 
 def engine_table(path: Path) -> str:
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     picture = demo_picture(args.data)
-    dice, _ = dice_table(args.data)
+    dice = dice_table(args.data)
     section = f"""{START}
 ## What you get
 

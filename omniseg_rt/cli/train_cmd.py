@@ -109,10 +109,8 @@ def evaluate(
 ) -> None:
     """Per-tissue foreground Dice and IoU, each patch scored for its own tissue, by stain."""
     from omniseg_rt.data import demo_model
+    from omniseg_rt.evaluate import SPLITS, predictor
     from omniseg_rt.evaluate import evaluate as run
-    from omniseg_rt.evaluate import predictor
-
-    from omniseg_rt.evaluate import SPLITS
 
     if split not in SPLITS:
         raise UsageError(f"--split {split}: choose {', '.join(SPLITS)}")
