@@ -47,15 +47,15 @@ def test_calibration_set_is_real_spread_deterministic_and_holds_out(calibration,
         assert sha256_file(again / entry["calibration"]["file"]) == entry["calibration"]["sha256"]
 
 
-#: The demo model's weakest heads (DT, VES, PTC: small margins over large areas) agree with fp32 at
-#: Dice 0.95-0.97 in int8 on these few calibration windows, under the default gate of 0.97 (which
-#: then refuses the build, as it should); the int8 machinery is checked at this threshold.
-INT8_MIN_DICE = 0.93
+#: NNCF's min/max ranges and its choice of layers cost the demo model's weakest heads (DT, VES,
+#: PTC: small margins over large areas) more than the default quantizer's percentile ranges with
+#: the full-resolution blocks kept float; its graphs are checked at this floor.
+NNCF_MIN_DICE = 0.93
 
 
 def test_int8_engine_passes_its_gate_and_scores_like_fp32(calibration, tmp_path):
     path, manifest = build_engine(DEMO_GRAPH, precision="int8", backend="openvino", calibration=calibration,
-                                  out=tmp_path / "int8", window=256, min_dice=INT8_MIN_DICE)
+                                  out=tmp_path / "int8", window=256)  # the default gate, Dice >= 0.97
     gate = manifest.accuracy_gate
     assert gate["passed"] and gate["source"] == "held-out calibration windows"
     assert {r["abbrev"] for r in gate["tissues"]} == {"DT", "PT", "CAP", "TUFT", "VES", "PTC"}
@@ -171,8 +171,9 @@ def test_both_quantizers_make_symmetric_qdq_graphs_that_keep_the_masks(calibrati
         "the controller / dynamic heads were quantized"
     fp32 = ort.InferenceSession(str(DEMO_GRAPH)).run(None, {"image": held})[0]
     int8 = ort.InferenceSession(str(out)).run(None, {"image": held})[0]
-    # on these 6 held-out windows: ONNX Runtime's quantizer >= 0.95, NNCF 0.944 (demo model of issue 17)
-    floor = 0.95 if tool == "onnxruntime" else INT8_MIN_DICE
+    # on these 6 held-out windows: ONNX Runtime's quantizer (percentile, full-resolution blocks
+    # float) >= 0.97, the default gate; NNCF 0.944
+    floor = 0.97 if tool == "onnxruntime" else NNCF_MIN_DICE
     assert min(r["dice"] for r in compare_margins(list(range(6)), fp32, int8)) >= floor
 
 

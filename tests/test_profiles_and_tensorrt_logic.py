@@ -115,7 +115,7 @@ def test_rebuild_command_and_arguments_keep_every_choice():
         "calibration": "calibration/lab", "window": 512, "device": "auto", "calibration_method": "entropy",
         "int8_tool": "onnxruntime", "min_dice": 0.95, "out": "here"}
     manifest["rebuild"].update(backend="openvino", graph_rewrites=False, calibration=None, profile=None,
-                               calibration_method="minmax", min_dice=0.97)
+                               calibration_method="percentile", min_dice=0.97)
     assert rebuild_command(manifest, precision="fp32") == ("omniseg-rt build m.pth --backend openvino "
                                                            "--precision fp32 --window 512 --out engines/orin "
                                                            "--no-graph-rewrites")

@@ -5,8 +5,14 @@ quantization consumes; OpenVINO and ONNX Runtime run the same graph. Two quantiz
 ONNX Runtime's ``quantize_static`` (QDQ format; the default) and OpenVINO's NNCF
 (``nncf.quantize``, performance preset = symmetric; it quantizes non-negative activations as
 *unsigned* int8, which OpenVINO and ONNX Runtime run but TensorRT does not accept). Only the backbone's convolutions are
-quantized: the controller and the dynamic heads (MatMul) stay float, and so do the first and
-last convolution unless asked otherwise -- the layers whose rounding costs Dice (DEVELOPERS.md).
+quantized: the controller and the dynamic heads (MatMul) stay float, and so do, unless asked
+otherwise, the first and last convolution and the full- and half-resolution blocks (the stem's
+``layer0`` and the decoder's ``x2_resb``/``x1_resb``) -- the layers whose rounding costs Dice
+(DEVELOPERS.md, "INT8": measured per block on the bundled model).
+Activation ranges default to the 99.999th percentile of |activation| (ONNX Runtime's
+``Percentile`` method): plain min/max lets rare outliers stretch the scale and cost the sparse
+tissues several points of Dice. Calibration is collected one batch at a time
+(``CalibStridedMinMax``), so memory is one batch's activations whatever the number of windows.
 Biases stay float (``QuantizeBias`` off): ONNX Runtime would otherwise store a biased
 convolution's bias as int32 behind a DequantizeLinear, which TensorRT's dequantize layer rejects
 (it takes int8, fp8 and int4 inputs only). TensorRT builds these graphs in explicit-quantization
@@ -29,16 +35,20 @@ from omniseg_rt.graph_manifest import INPUT_NAME
 from omniseg_rt.fileutil import replacing
 
 log = logging.getLogger(__name__)
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("percentile", "minmax", "entropy")
+DEFAULT_METHOD = "percentile"
 TOOLS = ("onnxruntime", "nncf")
-KEEP_FLOAT = ("first", "last")  # default: first and last Conv stay float (heads always do)
+#: convolutions that stay float by default (the heads always do): "first", "last", node-name prefixes
+KEEP_FLOAT = ("first", "last", "/layer0/", "/x2_resb/", "/x1_resb/")
 
 
-def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "minmax",
-                  keep_float: tuple[str, ...] = KEEP_FLOAT, batch: int = 4, tool: str = "onnxruntime") -> dict[str, Any]:
+def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = DEFAULT_METHOD,
+                  keep_float: tuple[str, ...] | None = None, batch: int = 4, tool: str = "onnxruntime") -> dict[str, Any]:
     """Write the Q/DQ INT8 version of ``graph`` (fp32 ONNX) to ``out``, calibrated on ``windows``
     (uint8 [N, 3, H, W] real tissue) with ``tool``. Returns what was done (tool, method,
-    excluded nodes, counts). ``method`` applies to ONNX Runtime (NNCF uses its own min/max)."""
+    excluded nodes, counts). ``method`` applies to ONNX Runtime (NNCF uses its own min/max).
+    ``keep_float``: convolutions to leave float ("first", "last", node-name prefixes; each must
+    match); default :data:`KEEP_FLOAT`, whose prefixes apply where the graph has them."""
     if tool not in TOOLS:
         raise InvalidInputError(f"int8 tool {tool!r}: choose {', '.join(TOOLS)}")
     require("onnxruntime", "quantize graphs to INT8")
@@ -56,11 +66,20 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
     batch = max(d for d in range(1, min(batch, len(windows)) + 1) if len(windows) % d == 0)
 
     class Reader(CalibrationDataReader):
+        """The batches; ``set_range`` lets the quantizer collect them a chunk at a time."""
+
         def __init__(self) -> None:
-            self.batches = iter([{INPUT_NAME: windows[i:i + batch]} for i in range(0, len(windows), batch)])
+            self.batches = [{INPUT_NAME: windows[i:i + batch]} for i in range(0, len(windows), batch)]
+            self.set_range(0, len(self.batches))
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.pending = iter(self.batches[start_index:end_index])
 
         def get_next(self):
-            return next(self.batches, None)
+            return next(self.pending, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -68,7 +87,7 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
         # quantizer sees Conv weights as initializers and scales them per channel)
         quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
         convs = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node if n.op_type == "Conv"]
-        exclude = ([convs[0]] if "first" in keep_float else []) + ([convs[-1]] if "last" in keep_float else [])
+        exclude = _kept_float(convs, KEEP_FLOAT if keep_float is None else keep_float, strict=keep_float is not None)
         with replacing(out) as tmp_out:
             if tool == "nncf":
                 _nncf_quantize(pre, windows, tmp_out, exclude, batch)
@@ -79,7 +98,8 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method],
                     nodes_to_exclude=exclude,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                   "CalibStridedMinMax": 1},  # one batch at a time (any method, despite the name)
                 )
     if tool == "nncf":
         model = onnx.load(str(out))
@@ -98,6 +118,19 @@ def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = "mi
     return {"method": method, "symmetric": True, "per_channel_weights": True, "quantized_ops": ["Conv"],
             "kept_float": {"nodes": exclude, "ops": ["MatMul (controller, dynamic heads)"]},
             "quantize_linear_nodes": count, "calibration_windows": len(windows), "tool": "onnxruntime quantize_static"}
+
+
+def _kept_float(convs: list[str], keep_float: tuple[str, ...], strict: bool) -> list[str]:
+    """Names of the convolutions that stay float: "first", "last", or node-name prefixes (with
+    ``strict``, a prefix matching no convolution is an error)."""
+    kept = []
+    for key in keep_float:
+        found = [convs[0]] if key == "first" else [convs[-1]] if key == "last" else [c for c in convs if c.startswith(key)]
+        if not found and strict:
+            raise InvalidInputError(f"keep-float {key!r} names no convolution of the graph: use first, last or the "
+                                    f"start of a Conv node's name (e.g. {convs[0]!r})")
+        kept += [c for c in found if c not in kept]
+    return kept
 
 
 def _nncf_quantize(pre: Path, windows: np.ndarray, out: Path, exclude: list[str], batch: int) -> None:

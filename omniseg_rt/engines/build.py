@@ -139,7 +139,7 @@ def build_engine(
     device: str | None = None,
     force: bool = False,
     min_dice: float = DEFAULT_MIN_DICE,
-    calibration_method: str = "minmax",
+    calibration_method: str = "percentile",
     int8_tool: str = "onnxruntime",
     graph_rewrites: bool = True,
     on_progress: Callable[[str], None] | None = None,
