@@ -50,10 +50,11 @@ def _level(slide_path, level):
         return np.asarray(s.read_region((0, 0), level, s.level_dimensions[level]).convert("RGB"))
 
 
-@pytest.mark.parametrize("group_mpp, level", [(0.5, 0), (1.0, 1)])
-def test_stitched_masks_equal_the_known_function_of_the_pixels(slide, tmp_path, group_mpp, level):
+@pytest.mark.parametrize("group_mpp, level, blend, batch", [(0.5, 0, "gaussian", 4), (1.0, 1, "gaussian", 1),
+                                                       (1.0, 1, "gaussian", 3), (1.0, 1, "none", 4)])
+def test_stitched_masks_equal_the_known_function_of_the_pixels(slide, tmp_path, group_mpp, level, blend, batch):
     engine = red_engine(tmp_path / "engine")
-    [result] = segment(slide, engine=engine, out=tmp_path / "out", window=64, overlap=16,
+    [result] = segment(slide, engine=engine, out=tmp_path / "out", window=64, overlap=16, blend=blend, batch=batch,
                        group_mpp={g.name: group_mpp for g in SCALE_GROUPS})
     assert result.status == "done", result.reason
     expected = _level(slide, level)[..., 0] > 127
@@ -67,7 +68,8 @@ def test_stitched_masks_equal_the_known_function_of_the_pixels(slide, tmp_path, 
     group = next(g for g in manifest["groups"] if g["group"] == "10x")
     assert group["windows"] < group["cells"], "cells on glass only must not be inferred"
     # batches never straddle bands and hold at most --batch windows
-    assert all(n <= 4 for r in engine.runners for n in r.calls)
+    assert all(n <= batch for r in engine.runners for n in r.calls)
+    assert manifest["request"]["blend"] == blend
 
 
 def test_plan_cells_partition_the_canvas():

@@ -127,6 +127,10 @@ def test_complete_means_complete_for_this_request(demo_engine, cmu_10x, tmp_path
     # other settings: refused, pointing to --force; the done row and the outputs stay
     [other] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", overlap=64)
     assert other.status == "failed" and "overlap 128 then, 64 now" in other.reason and "--force" in other.reason
+    [other] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", blend="none")
+    assert other.status == "failed" and 'blend "gaussian" then, "none" now' in other.reason
+    [other] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", exclusive=True)
+    assert other.status == "failed" and "--exclusive now" in other.reason
     [row] = _rows(tmp_path / "summary.csv")
     assert row["status"] == "done" and row["CAP_objects"] != ""
     assert json.loads((slide_dir / "manifest.json").read_text())["status"] == "complete"
@@ -140,6 +144,15 @@ def test_complete_means_complete_for_this_request(demo_engine, cmu_10x, tmp_path
     assert {f["properties"]["tissue"] for f in features} == {"CAP"}
     [row] = _rows(tmp_path / "summary.csv")
     assert row["DT_objects"] == "" and row["CAP_objects"] == str(len(features))
+
+    # outputs with the exclusive label map serve requests without it; forcing without drops it
+    [exclusive] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", overlap=64, exclusive=True, force=True)
+    assert exclusive.status == "done" and (slide_dir / "labels.ome.tif").is_file()
+    [plain] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", overlap=64)
+    assert plain.status == "skipped"
+    [forced] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="CAP", overlap=64, force=True)
+    assert forced.status == "done"
+    assert not (slide_dir / "labels.ome.tif").exists() and not (slide_dir / "objects_exclusive.geojson").exists()
 
 
 def test_bad_input_ends_in_one_line_with_the_documented_exit_code(demo_engine, tmp_path):

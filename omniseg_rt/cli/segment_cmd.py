@@ -27,6 +27,11 @@ def segment(
         help="Level-0 pixel size in um/px, for slides that lack it or state it wrongly.")] = None,
     overlap: Annotated[Optional[int], typer.Option(
         help="Context pixels shared by neighbouring windows (even; default 128).")] = None,
+    blend: Annotated[Optional[str], typer.Option(
+        help="How overlapping windows combine: gaussian (weighted mean, no seams; default) or none (centre crops).")] = None,
+    exclusive: Annotated[bool, typer.Option(
+        help="Also write one tissue label per pixel (labels.ome.tif, objects_exclusive.geojson), merged as the "
+             "original Omni-Seg pipeline does.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Windows per engine call (default: the engine's).")] = None,
     readers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
@@ -43,9 +48,9 @@ def segment(
     """Segment whole slides for every tissue type at its own magnification."""
     from omniseg_rt.runtime.segment import check_request
 
-    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine)
-    options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers,
-                   resume=resume, force=force, wait=wait)
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine, blend=blend)
+    options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend, exclusive=exclusive,
+                   batch=batch, readers=readers, resume=resume, force=force, wait=wait)
     if ray is not None:
         options.update(address=ray, worker_cpus=worker_cpus)
     elif worker_cpus is not None:

@@ -1,8 +1,9 @@
 """A slide's finished canvases -> its output files (each written to a temporary name, renamed).
 
 ``mask_<group>.ome.tif`` (one channel per tissue, 0/255, pyramidal, physical pixel size),
-``tissue_mask.png``, ``objects.geojson`` (QuPath), ``summary.json``, ``overlay.png``. An I/O
-error (disk full, read-only) names the file being written.
+``tissue_mask.png``, ``objects.geojson`` (QuPath), ``summary.json``, ``overlay.png``; with
+``--exclusive`` also ``labels.ome.tif`` (one label per pixel, ``outputs/exclusive.py``) and
+``objects_exclusive.geojson``. An I/O error (disk full, read-only) names the file being written.
 """
 
 from __future__ import annotations
@@ -19,18 +20,22 @@ from shapely.geometry import Polygon
 from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, replacing
 from omniseg_rt.outputs import (downsample_mask, mask_objects, render_overlay, tissue_stats, to_level0,
                                 write_geojson, write_mask_tiff)
+from omniseg_rt.outputs.exclusive import LABELS, LabelMask, write_label_map
 from omniseg_rt.tissues import TISSUES
 
 log = logging.getLogger(__name__)
 
 
 def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarray], picture: np.ndarray,
-                  tissue: np.ndarray, tissue_mpp: float, warnings: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
+                  tissue: np.ndarray, tissue_mpp: float, warnings: list[str], scores: dict[str, np.ndarray] | None = None,
+                  work_dir: Path | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write every output of one slide; returns ({kind: file name}, summary).
 
     ``plans``: [(GroupPlan, task ids)]; ``canvases[group]``: uint8 [T, H, W] 0/255 masks;
     ``picture``: RGB uint8 [h, w, 3] of the whole slide for the overlay; ``tissue``: bool [h', w']
-    tissue mask at ``tissue_mpp`` um/px. Polygons are in level-0 pixels, clipped to the slide.
+    tissue mask at ``tissue_mpp`` um/px; ``scores[group]``: uint8 [T, H, W] stitched scores, given
+    for the exclusive label map (built in ``work_dir``). Polygons are in level-0 pixels, clipped
+    to the slide.
     """
     from PIL import Image
 
@@ -63,6 +68,9 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
         rows.extend(tissue_stats(list(tasks), canvases[plan.group], plan.mpp, tissue_area_mm2, counts))
     summary = {"slide": geometry.name, "mpp": geometry.mpp, "tissue_area_mm2": round(tissue_area_mm2, 4),
                "tissues": rows, "warnings": warnings}
+    if scores:
+        outputs.update(_write_exclusive(slide_dir, work_dir or slide_dir, geometry, plans, canvases, scores, tissue,
+                                        tissue_mpp, summary))
     atomic_write_text(slide_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     outputs["summary"] = "summary.json"
 
@@ -73,6 +81,49 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
         render_overlay(slide_dir / "overlay.png", picture, layers)
     outputs["overlay"] = "overlay.png"
     return outputs, summary
+
+
+def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases, scores, tissue, tissue_mpp: float,
+                     summary: dict) -> dict[str, str]:
+    """``labels.ome.tif`` (at the finest group's pixel size) and ``objects_exclusive.geojson``;
+    adds each tissue's exclusive area to ``summary``."""
+    finest = min((plan for plan, _ in plans), key=lambda p: p.mpp)
+    path = work_dir / "labels.u8"
+    with io_errors(path):
+        labels = np.memmap(path, dtype=np.uint8, mode="w+", shape=finest.canvas)
+    try:
+        write_label_map(labels, finest.canvas, finest.mpp,
+                        [(tasks, canvases[p.group], scores[p.group], p.mpp) for p, tasks in plans], tissue, tissue_mpp)
+        with io_errors(slide_dir / "labels.ome.tif"):
+            write_mask_tiff(slide_dir / "labels.ome.tif", labels[None], ["tissue label"], finest.mpp)
+        width, height = geometry.l0_size
+        present = [t for _, tasks in plans for t in tasks]
+        rows = max(64, min(2048, (64 << 20) // (5 * finest.canvas[1])))
+
+        def objects():
+            for task in sorted(present):
+                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=rows):
+                    for part in clip_to_slide(to_level0(polygon, finest.scale, finest.scale), width, height):
+                        yield task, part
+
+        with io_errors(slide_dir / "objects_exclusive.geojson"):
+            write_geojson(slide_dir / "objects_exclusive.geojson", objects(), id_seed=geometry.name)
+        counts = _label_counts(labels)
+        summary["exclusive"] = {"labels": {str(k): v for k, v in LABELS.items()}, "mpp": finest.mpp,
+                                "area_mm2": {TISSUES[t].abbrev: round(float(counts[t + 1]) * finest.mpp**2 / 1e6, 6)
+                                             for t in sorted(present)}}
+    finally:
+        del labels
+        path.unlink(missing_ok=True)
+    return {"labels": "labels.ome.tif", "objects_exclusive": "objects_exclusive.geojson"}
+
+
+def _label_counts(labels: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """int64 [256]: pixels per label value, read in bands."""
+    counts = np.zeros(256, np.int64)
+    for top in range(0, labels.shape[0], rows):
+        counts += np.bincount(np.asarray(labels[top:top + rows]).ravel(), minlength=256)
+    return counts
 
 
 def clip_to_slide(polygon: Polygon, width: float, height: float) -> list[Polygon]:
@@ -86,10 +137,13 @@ def clip_to_slide(polygon: Polygon, width: float, height: float) -> list[Polygon
     return [g for g in getattr(clipped, "geoms", [clipped]) if isinstance(g, Polygon) and not g.is_empty]
 
 
-def remove_unlisted_masks(slide_dir: Path, outputs: dict[str, str]) -> None:
-    """Delete ``mask_*.ome.tif`` files of ``slide_dir`` that ``outputs`` does not list (groups an
-    earlier, forced-over run wrote and this one did not)."""
-    for path in slide_dir.glob("mask_*.ome.tif"):
+def remove_unlisted_outputs(slide_dir: Path, outputs: dict[str, str]) -> None:
+    """Delete mask and label files of ``slide_dir`` that ``outputs`` does not list (groups or an
+    exclusive label map that an earlier, forced-over run wrote and this one did not)."""
+    for path in [*slide_dir.glob("mask_*.ome.tif"), slide_dir / "labels.ome.tif",
+                 slide_dir / "objects_exclusive.geojson"]:
+        if not path.exists():
+            continue
         if path.name not in outputs.values():
             log.info("removing %s: not an output of this run", path)
             path.unlink(missing_ok=True)

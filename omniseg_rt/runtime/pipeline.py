@@ -24,12 +24,12 @@ from omniseg_rt.engines.base import Engine, GraphRunner
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.fileutil import atomic_write_text, io_errors, sha256_file
 from omniseg_rt.outputs import read_mask_into
-from omniseg_rt.runtime.finish import remove_temp_files, remove_unlisted_masks, write_outputs
+from omniseg_rt.runtime.finish import remove_temp_files, remove_unlisted_outputs, write_outputs
 from omniseg_rt.slide.plan import GroupPlan, plan_group, too_coarse
 from omniseg_rt.runtime.readers import Prefetcher
 from omniseg_rt.runtime.request import decide, request_of
 from omniseg_rt.runtime.settings import SegmentSettings
-from omniseg_rt.runtime.stitch import stitch_window
+from omniseg_rt.runtime.stitch import Blender, stitch_window
 from omniseg_rt.runtime.store import WorkStore, check_free_space, output_bytes_estimate
 from omniseg_rt.slide import detect_tissue, open_slide, slide_name
 from omniseg_rt.slide.tissue import TISSUE_MPP
@@ -75,7 +75,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         raise RequestConflictError(decision.reason)
     if decision.action == "add":
         log.info("%s: %s", name, decision.reason)
-    settings = replace(settings, tissues=decision.tissues)
+    settings = replace(settings, tissues=decision.tissues, exclusive=settings.exclusive or decision.exclusive)
     wall = time.perf_counter()
     seconds = {"tissue": 0.0, "read": 0.0, "infer": 0.0, "stitch": 0.0, "write": 0.0}
     with open_slide(path, settings.mpp) as reader:
@@ -95,15 +95,19 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         remove_temp_files(slide_dir)
         store = WorkStore(slide_dir, key, resume=settings.resume)
         shapes = {plan.group: (len(tasks), *plan.canvas) for plan, tasks in plans}
-        check_free_space(slide_dir, sum(store.canvas_bytes_to_allocate(g_, s) for g_, s in shapes.items()),
-                         output_bytes_estimate(shapes.values()))
+        work = {**shapes, **({f"{g_}.score": s for g_, s in shapes.items()} if settings.exclusive else {})}
+        labels = [(1, *min(plans, key=lambda pt: pt[0].mpp)[0].canvas)] if settings.exclusive else []
+        check_free_space(slide_dir, sum(store.canvas_bytes_to_allocate(g_, s) for g_, s in work.items()),
+                         output_bytes_estimate([*shapes.values(), *labels]))
         total = sum(p.windows for p, _ in plans)
         done_windows = 0
         notify({"event": "slide_start", "slide": name, "windows": total, "resumed": store.resumed})
-        canvases = {}
+        canvases, scores = {}, {}
         for plan, tasks in plans:
             canvas = store.canvas(plan.group, shapes[plan.group])
             canvases[plan.group] = canvas
+            if settings.exclusive:
+                scores[plan.group] = store.canvas(f"{plan.group}.score", shapes[plan.group])
             done = store.done_bands(plan.group)
             if plan.group in decision.reuse and len(done) < len(plan.bands):
                 done = _reuse_group(slide_dir, plan, tasks, canvas, store, done)
@@ -117,12 +121,14 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
             todo = [b for b in range(len(plan.bands)) if b not in done]
             if todo:
                 runner, channels = _runner_for(engine, plan.group, tasks)
-                _run_group(plan, todo, reader, runner, channels, canvas, store, settings, seconds, progress)
+                _run_group(plan, todo, reader, runner, channels, canvas, scores.get(plan.group), store, settings,
+                           seconds, progress)
         start = time.perf_counter()
         picture = reader.thumbnail(max(g.mpp, max(g.l0_size) * g.mpp / OVERLAY_SIDE))
         (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
-        outputs, summary = write_outputs(slide_dir, g, plans, canvases, picture, tissue, tissue_mpp, warnings)
-        remove_unlisted_masks(slide_dir, outputs)
+        outputs, summary = write_outputs(slide_dir, g, plans, canvases, picture, tissue, tissue_mpp, warnings,
+                                         scores=scores, work_dir=store.folder)
+        remove_unlisted_outputs(slide_dir, outputs)
         seconds["write"] = time.perf_counter() - start
     seconds["total"] = time.perf_counter() - wall
     windows = {p.group: p.windows for p, _ in plans}
@@ -183,20 +189,45 @@ def _reuse_group(slide_dir: Path, plan: GroupPlan, tasks: tuple[int, ...], canva
 
 
 def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, channels: list[int], canvas,
-               store: WorkStore, settings: SegmentSettings, seconds: dict, progress: Callable[[int], None]) -> None:
-    """Read, infer and stitch the ``bands`` of ``plan``, journalling each band when it is on disk."""
-    batches = []  # (band, specs, last of its band)
+               scores, store: WorkStore, settings: SegmentSettings, seconds: dict,
+               progress: Callable[[int], None]) -> None:
+    """Read, infer and stitch the ``bands`` of ``plan``, journalling each band when it is on disk
+    (``scores``: the group's score canvas, or None when no exclusive label map is wanted).
+
+    Blended: a band is journalled once every window touching it was added, so the windows of the
+    bands next to ``bands`` run too (on resume, those of the last journalled band, again: the
+    in-memory sums of its neighbour were lost), always in plan order and the same batches, which
+    keeps a resumed run's bytes identical to an uninterrupted one's."""
+    written = (canvas,) if scores is None else (canvas, scores)
     for b in bands:
+        if not plan.bands[b]:
+            store.mark_done(plan.group, b, *written)  # no tissue in this band: nothing to compute
+    todo = [b for b in bands if plan.bands[b]]
+    if not todo:
+        return
+    blender = (Blender(plan, len(channels), todo, keep_weights=scores is not None)
+               if settings.blend == "gaussian" else None)
+    run = [b for b in blender.bands_needed(todo) if plan.bands[b]] if blender else todo
+    counted = set(todo)
+    pending = deque(todo)  # bands not yet journalled, in order
+    after = dict(zip(run, [*run[1:], len(plan.bands)]))  # band -> the next band that runs
+    batches = []  # (band, specs, last of its band)
+    for b in run:
         specs = plan.bands[b]
-        if not specs:
-            store.mark_done(plan.group, b, canvas)  # no tissue in this band: nothing to compute
-            continue
         chunks = [specs[i:i + settings.batch] for i in range(0, len(specs), settings.batch)]
         batches.extend((b, chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks))
-    if not batches:
-        return
     prefetch = Prefetcher(reader, settings.readers, ahead=settings.batch * (IN_FLIGHT + 1))
     flight: deque = deque()
+
+    def band_added(band: int) -> None:
+        if blender is None:
+            store.mark_done(plan.group, pending.popleft(), *written)
+            return
+        # every band that runs up to ``after[band]`` is in: finish those whose neighbours are all in
+        while pending and min(pending[0] + blender.reach, len(plan.bands) - 1) < after[band]:
+            done = pending.popleft()
+            blender.finish(canvas, done, scores)
+            store.mark_done(plan.group, done, *written)
 
     def collect() -> None:
         band, specs, last, ticket = flight.popleft()
@@ -205,11 +236,15 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         seconds["infer"] += time.perf_counter() - start
         start = time.perf_counter()
         for spec, window in zip(specs, margins):
-            stitch_window(canvas, spec, window[channels])
+            if blender is None:
+                stitch_window(canvas, spec, window[channels], scores)
+            else:
+                blender.add(spec, window[channels])
         if last:
-            store.mark_done(plan.group, band, canvas)
+            band_added(band)
         seconds["stitch"] += time.perf_counter() - start
-        progress(len(specs))
+        if band in counted:
+            progress(len(specs))
 
     try:
         windows = prefetch.iterate(spec for _, specs, _ in batches for spec in specs)
@@ -225,6 +260,7 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
     finally:
         prefetch.close()
         seconds["read"] += prefetch.seconds
+    assert not pending, f"bands left unfinished: {list(pending)}"
 
 
 def _runner_for(engine: Engine, group: str, tasks: tuple[int, ...]) -> tuple[GraphRunner, list[int]]:

@@ -2,7 +2,8 @@
 complete outputs (``manifest.json``) or its unfinished work (``.work/key.json``) were made for.
 
 A request is the tissues, the engine (backend, precision, source model), the level-0 pixel size
-override, each group's target pixel size, the window and the overlap. Against a complete slide:
+override, each group's target pixel size, the window, the overlap, the blending and whether the
+exclusive label map is wanted (outputs that have it also serve requests without it). Against a complete slide:
 
 - same settings, tissues already there (a subset is enough): **skip**;
 - same settings, tissues missing: **add** them; the outputs then hold the union, and scale groups
@@ -22,7 +23,7 @@ from typing import Any
 
 from omniseg_rt.tissues import SCALE_GROUPS, TISSUES
 
-_COMPARED = ("engine", "mpp", "group_mpp", "window", "overlap")
+_COMPARED = ("engine", "mpp", "group_mpp", "window", "overlap", "blend", "exclusive")
 
 
 def request_of(settings, engine_manifest) -> dict[str, Any]:
@@ -32,19 +33,21 @@ def request_of(settings, engine_manifest) -> dict[str, Any]:
         "backend": engine_manifest.backend, "precision": engine_manifest.precision,
         "source_sha256": engine_manifest.source.get("sha256")},
         "mpp": settings.mpp, "group_mpp": dict(settings.group_mpp), "window": settings.window,
-        "overlap": settings.overlap}
+        "overlap": settings.overlap, "blend": settings.blend, "exclusive": settings.exclusive}
 
 
 @dataclass(frozen=True)
 class Decision:
     """``action``: run, skip, add or conflict; ``tissues``: what the slide's outputs will hold;
     ``reuse``: scale group -> its tissues, for groups whose masks are taken from the existing
-    outputs; ``reason``: one line for the user."""
+    outputs; ``exclusive``: keep the exclusive label map the existing outputs have; ``reason``:
+    one line for the user."""
 
     action: str
     tissues: tuple[int, ...] = ()
     reuse: dict[str, list[int]] = field(default_factory=dict)
     reason: str | None = None
+    exclusive: bool = False
 
 
 def decide(slide_dir: Path, request: dict[str, Any], force: bool) -> Decision:
@@ -65,12 +68,14 @@ def decide(slide_dir: Path, request: dict[str, Any], force: bool) -> Decision:
     if not missing:
         return Decision("skip", reason="complete (use --force to redo)")
     union = tuple(sorted({*done["tissues"], *wanted}))
+    exclusive = bool(request.get("exclusive") or done.get("exclusive"))
     reuse = {}
     for group in manifest.get("groups", []):
         tasks = [t for t in union if t in _group_tasks(group.get("group"))]
-        if tasks == list(group.get("tissues", [])):
+        if tasks == list(group.get("tissues", [])) and not exclusive:  # the label map needs every group's scores
             reuse[group["group"]] = tasks
-    return Decision("add", union, reuse, reason=f"adding {_names(missing)} to the complete {_names(done['tissues'])}")
+    return Decision("add", union, reuse, reason=f"adding {_names(missing)} to the complete {_names(done['tissues'])}",
+                    exclusive=exclusive)
 
 
 def read_complete_manifest(slide_dir: Path) -> dict[str, Any] | None:
@@ -86,11 +91,11 @@ def manifest_request(manifest: dict[str, Any]) -> dict[str, Any]:
     """The request a complete slide's manifest was made for (older manifests: from its settings,
     the engine unknown)."""
     if isinstance(manifest.get("request"), dict):
-        return manifest["request"]
+        return {"blend": "none", "exclusive": False, **manifest["request"]}  # older: centre crops only
     settings = manifest.get("settings", {})
     return {"tissues": settings.get("tissues", []), "engine": None, "mpp": settings.get("mpp"),
             "group_mpp": settings.get("group_mpp"), "window": settings.get("window"),
-            "overlap": settings.get("overlap")}
+            "overlap": settings.get("overlap"), "blend": settings.get("blend", "none"), "exclusive": False}
 
 
 def _differences(done: dict[str, Any], request: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
@@ -99,6 +104,10 @@ def _differences(done: dict[str, Any], request: dict[str, Any], manifest: dict[s
         old, new = done.get(key), request.get(key)
         if key == "engine" and old is None:
             continue  # made before engines were recorded: nothing to compare
+        if key == "exclusive":
+            if new and not old:
+                out.append("no exclusive label map then, --exclusive now")
+            continue
         if key == "mpp":
             if _same_mpp(old, new, manifest):
                 continue
@@ -125,7 +134,7 @@ def _pending_tissues(slide_dir: Path, request: dict[str, Any]) -> tuple[int, ...
     except (OSError, ValueError, KeyError, TypeError):
         return None
     same = all(json.dumps(settings.get(k), sort_keys=True) == json.dumps(request[k], sort_keys=True)
-               for k in ("mpp", "group_mpp", "window", "overlap"))
+               for k in ("mpp", "group_mpp", "window", "overlap", "blend"))
     return started if same and set(request["tissues"]) < set(started) else None
 
 

@@ -19,7 +19,8 @@ from omniseg_rt.outputs import check_summary_csv, update_summary_csv
 from omniseg_rt.runtime.finish import remove_temp_files
 from omniseg_rt.runtime.pipeline import SlideResult, run_slide
 from omniseg_rt.runtime.request import read_complete_manifest
-from omniseg_rt.runtime.settings import DEFAULT_OVERLAP, SegmentSettings
+from omniseg_rt.runtime.settings import DEFAULT_BLEND, DEFAULT_OVERLAP, SegmentSettings
+from omniseg_rt.runtime.stitch import BLEND_MODES
 from omniseg_rt.slide import find_slides, slide_name
 from omniseg_rt.tissues import SCALE_GROUPS, parse_tissues
 
@@ -33,6 +34,8 @@ def segment(
     tissues: str | Sequence[int] | None = None,
     mpp: float | None = None,
     overlap: int | None = None,
+    blend: str | None = None,
+    exclusive: bool = False,
     batch: int | None = None,
     readers: int = 2,
     window: int | None = None,
@@ -48,7 +51,9 @@ def segment(
     model's CPU engine, built once and cached); ``tissues``: "all", abbreviations ("CAP,TUFT"),
     groups ("5x") or task ids; ``mpp``: the slides' level-0 pixel size when they lack one or state
     it wrongly; ``group_mpp``: target um/px per scale group (default: the tissues table's nominal
-    5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``batch``: windows per
+    5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``blend``: how overlapping
+    windows combine, "gaussian" (default) or "none" (centre crops); ``exclusive``: also write one
+    label per pixel across tissues (labels.ome.tif, objects_exclusive.geojson); ``batch``: windows per
     engine call (default: the engine profile's). A slide already complete for this request is
     skipped; missing tissues are added; a slide complete for other settings fails unless
     ``force`` (which redoes it for exactly this request).
@@ -63,7 +68,7 @@ def segment(
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  engine=engine)
+                  engine=engine, blend=blend)
     with output_folder(out, wait) as out_root:
         own = not isinstance(engine, Engine)
         if engine is None:
@@ -71,7 +76,8 @@ def segment(
         else:
             handle = open_engine(engine) if own else engine
         try:
-            settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, batch=batch,
+            settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend,
+                                     exclusive=exclusive, batch=batch,
                                      readers=readers, window=window, group_mpp=group_mpp, resume=resume,
                                      force=force)
             results = []
@@ -101,7 +107,8 @@ def open_default_engine(notify: Callable[[dict], None]) -> Engine:
 MPP_RANGE = (0.05, 100.0)
 
 
-def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None) -> None:
+def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None,
+                  blend=None) -> None:
     """Raise :class:`UsageError` for option values that cannot work, before anything else happens
     (``engine``: a path or an open engine, whose window bounds the overlap)."""
     if isinstance(tissues, str) or tissues is None:
@@ -118,6 +125,8 @@ def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, w
                              ("--window", window, 64)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name} {value}: must be a whole number >= {low}")
+    if blend is not None and blend not in BLEND_MODES:
+        raise UsageError(f"--blend {blend!r}: choose {' or '.join(BLEND_MODES)}")
     if overlap is not None and overlap % 2:
         raise UsageError(f"--overlap {overlap}: must be even (the context is split between both sides)")
     side = window or _engine_window(engine)
@@ -167,9 +176,11 @@ def _one_line(exc: BaseException, path: Path) -> str:
 
 
 def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None, batch=None, readers=2,
-                  window=None, group_mpp=None, resume=True, force=False) -> SegmentSettings:
+                  window=None, group_mpp=None, resume=True, force=False, blend=None,
+                  exclusive=False) -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
-    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window)
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
+                  blend=blend)
     if tissues is None or isinstance(tissues, str):
         task_ids = tuple(t.task_id for t in parse_tissues("all" if tissues is None else tissues))
     else:
@@ -181,7 +192,8 @@ def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None
     targets.update({k: float(v) for k, v in (group_mpp or {}).items()})
     settings = SegmentSettings(
         tissues=task_ids, mpp=mpp, group_mpp=targets, window=window or manifest.window,
-        overlap=DEFAULT_OVERLAP if overlap is None else overlap,
+        overlap=DEFAULT_OVERLAP if overlap is None else overlap, blend=DEFAULT_BLEND if blend is None else blend,
+        exclusive=bool(exclusive),
         batch=batch if batch is not None else int(manifest.profile.get("batch_opt", 4)), readers=readers,
         resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:

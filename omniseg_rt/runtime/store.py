@@ -82,10 +82,11 @@ class WorkStore:
                 done.add(int(entry["band"]))
         return done
 
-    def mark_done(self, group: str, band: int, canvas: np.memmap) -> None:
-        """Record ``band`` as finished, after its pixels reached the file."""
-        with io_errors(self.folder / f"{group}.u8"):
-            canvas.flush()
+    def mark_done(self, group: str, band: int, *canvases: np.memmap) -> None:
+        """Record ``band`` as finished, after its pixels (in every one of ``canvases``) reached the files."""
+        for canvas in canvases:
+            with io_errors(Path(canvas.filename)):
+                canvas.flush()
         with io_errors(self.journal), open(self.journal, "a") as fh:
             fh.write(json.dumps({"group": group, "band": band}) + "\n")
             fh.flush()
