@@ -177,6 +177,22 @@ def test_both_quantizers_make_symmetric_qdq_graphs_that_keep_the_masks(calibrati
     assert min(r["dice"] for r in compare_margins(list(range(6)), fp32, int8)) >= floor
 
 
+def test_keep_float_chooses_the_float_convolutions_and_names_a_bad_one(calibration, tmp_path):
+    import onnx
+
+    windows = load_windows(calibration, "5x")[:2]
+    default = quantize_int8(DEMO_GRAPH, windows, tmp_path / "default.onnx")
+    fast = quantize_int8(DEMO_GRAPH, windows, tmp_path / "fast.onnx", keep_float=("first", "last"))
+    assert len(default["kept_float"]["nodes"]) == 9 and len(fast["kept_float"]["nodes"]) == 2
+    assert fast["quantize_linear_nodes"] > default["quantize_linear_nodes"]
+    graph = onnx.load(str(tmp_path / "default.onnx"))
+    quantized = {n.input[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    x1 = [n for n in graph.graph.node if n.op_type == "Conv" and n.name.startswith("/x1_resb/")]
+    assert x1 and not any(i in quantized for n in x1 for i in n.input)  # the full-resolution block stayed float
+    with pytest.raises(InvalidInputError, match="/decoder/"):
+        quantize_int8(DEMO_GRAPH, windows, tmp_path / "bad.onnx", keep_float=("first", "/decoder/"))
+
+
 def _biased_conv_graph(path):
     """uint8 image -> Cast -> four 3x3 convolutions, every one with a bias (the demo graphs have one)."""
     import onnx

@@ -29,6 +29,10 @@ def build(
         help="int8 activation ranges: percentile (99.999th, the default), minmax or entropy.")] = "percentile",
     int8_tool: Annotated[str, typer.Option(help="int8 quantizer: onnxruntime or nncf (pip install nncf).")] = (
         "onnxruntime"),
+    int8_keep_float: Annotated[Optional[str], typer.Option(
+        help="int8: convolutions left float, comma-separated: first, last or the start of a node name. Default "
+             "first,last,/layer0/,/x2_resb/,/x1_resb/ (the full-resolution blocks: what passes the gate); "
+             "first,last is faster where the gate allows it.")] = None,
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", hidden=True)] = False,
     graph_rewrites: Annotated[bool, typer.Option(
@@ -46,6 +50,7 @@ def build(
                                           profile=profile, calibration=calibration, out=out, window=window,
                                           threads=threads, device=device, force=force, min_dice=min_dice,
                                           calibration_method=calibration_method, int8_tool=int8_tool,
+                                          int8_keep_float=int8_keep_float,
                                           graph_rewrites=graph_rewrites,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:

@@ -35,6 +35,7 @@ class BuildRequest:
     calibration_method: str
     int8_tool: str
     graph_rewrites: bool
+    int8_keep_float: str | None = None  # comma-separated convolutions left float; None: the quantizer's default
 
 
 class Backend(Protocol):

@@ -116,7 +116,8 @@ def _reduced_precision_graphs(graphs: list[Path], request: BuildRequest, staging
         if precision == "int8":
             windows = calibration_windows(calibration, meta.task_ids, "calibration")
             notify(f"quantizing {meta.name} to INT8 on {len(windows)} calibration windows ({tool}, {method})")
-            info = quantize_int8(reference, windows, graph, method=method, tool=tool)
+            keep = tuple(k for k in request.int8_keep_float.split(",") if k) if request.int8_keep_float else None
+            info = quantize_int8(reference, windows, graph, method=method, tool=tool, keep_float=keep)
         else:
             notify(f"converting {meta.name} to FP16")
             info = convert_fp16(reference, graph)
@@ -141,6 +142,7 @@ def build_engine(
     min_dice: float = DEFAULT_MIN_DICE,
     calibration_method: str = "percentile",
     int8_tool: str = "onnxruntime",
+    int8_keep_float: str | None = None,
     graph_rewrites: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[Path, EngineManifest]:
@@ -149,6 +151,8 @@ def build_engine(
     Reduced precision (bf16, fp16, int8) must reach Dice >= ``min_dice`` against fp32 for every
     tissue. ``None`` options come from the profile (default: backend auto, precision auto, window 512).
     ``graph_rewrites=False`` keeps the exported graphs as they are (see ``graph_rewrites.py``).
+    ``int8_keep_float``: convolutions int8 leaves float, comma-separated ("first", "last", node-name
+    prefixes; default ``calibration.int8.KEEP_FLOAT``).
     ``model=None``: the bundled demo model (its all-tissue graph where PyTorch is not installed).
     Raises InvalidInputError / MissingFileError before any work for bad arguments, and
     :class:`AccuracyGateError` (nothing written) when reduced precision fails the gate without
@@ -158,7 +162,7 @@ def build_engine(
     request = resolve_request(model, precision=precision, backend=backend, tissues=tissues, profile=profile,
                               calibration=calibration, window=window, threads=threads, device=device,
                               min_dice=min_dice, calibration_method=calibration_method, int8_tool=int8_tool,
-                              graph_rewrites=graph_rewrites)
+                              graph_rewrites=graph_rewrites, int8_keep_float=int8_keep_float)
     hooks = registry.backend(request.backend)
     n_threads = request.settings.threads or default_threads()
     final = Path(out) if out else DEFAULT_DIR / f"{request.source.stem}-{request.backend}-{request.precision}"
@@ -208,7 +212,8 @@ def build_engine(
 def resolve_request(model: str | os.PathLike | None, *, precision: str | None, backend: str | None,
                     tissues: str | None, profile: str | os.PathLike | None, calibration: str | os.PathLike | None,
                     window: int | None, threads: int | None, device: str | None, min_dice: float,
-                    calibration_method: str, int8_tool: str, graph_rewrites: bool) -> BuildRequest:
+                    calibration_method: str, int8_tool: str, graph_rewrites: bool,
+                    int8_keep_float: str | None = None) -> BuildRequest:
     """Step 1 of a build: the profile with the options laid over it, ``auto`` resolved for this
     machine, and everything checked that can be checked before any work (raises)."""
     source = Path(model) if model is not None else _default_model(tissues, backend)
@@ -226,7 +231,8 @@ def resolve_request(model: str | os.PathLike | None, *, precision: str | None, b
     request = BuildRequest(source=source, backend=chosen_backend, precision=chosen_precision, device=chosen_device,
                            settings=settings, tissues=tissues,
                            calibration=Path(calibration) if calibration is not None else None,
-                           calibration_method=calibration_method, int8_tool=int8_tool, graph_rewrites=graph_rewrites)
+                           calibration_method=calibration_method, int8_tool=int8_tool, graph_rewrites=graph_rewrites,
+                           int8_keep_float=int8_keep_float or None)
     hooks.check_request(request)
     if chosen_precision == "int8" and calibration is None:
         raise InvalidInputError("int8 engines need real calibration windows: run omniseg-rt calibrate SLIDES... "
@@ -259,6 +265,7 @@ def _manifest(request: BuildRequest, graphs: list[Path], profile, final: Path, m
                  "calibration": str(request.calibration) if request.calibration is not None else None,
                  "window": settings.window, "device": settings.device,
                  "calibration_method": request.calibration_method, "int8_tool": request.int8_tool,
+                 "int8_keep_float": request.int8_keep_float,
                  "min_dice": min_dice, "graph_rewrites": request.graph_rewrites},
     )
 

@@ -175,7 +175,7 @@ def structure_problems(manifest: dict[str, Any]) -> list[str]:
 
 #: the build_engine options an engine manifest's ``rebuild`` section records, in command order
 REBUILD_OPTIONS = ("backend", "precision", "tissues", "profile", "calibration", "window", "device",
-                   "calibration_method", "int8_tool", "min_dice", "out")
+                   "calibration_method", "int8_tool", "int8_keep_float", "min_dice", "out")
 _DEFAULTS = {"calibration_method": "percentile", "int8_tool": "onnxruntime", "min_dice": DEFAULT_MIN_DICE, "device": "auto"}
 
 
