@@ -113,8 +113,7 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
                                 "area_mm2": {TISSUES[t].abbrev: round(float(counts[t + 1]) * finest.mpp**2 / 1e6, 6)
                                              for t in sorted(present)}}
     finally:
-        del labels
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a work file: the map is freed when this returns
     return {"labels": "labels.ome.tif", "objects_exclusive": "objects_exclusive.geojson"}
 
 
