@@ -9,7 +9,8 @@ network passes per 4096x4096 40x region vs the original pipeline.
 3. Passes per 4096x4096 40x region: our plan (one pass per window per scale group, all of the
    group's tissues at once) vs the original's 1,917.
 
-    python benchmarks/bench_segment.py [--engine DIR] [--threads 2] [--slide PATH --mpp X] [--only-rss]
+    python benchmarks/bench_segment.py [--engine DIR] [--threads 2] [--slide PATH --mpp X] [--blends gaussian none]
+                                       [--only-rss]
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | None, readers: int = 2) -> dict:
-    """Segment ``slide`` (all tissues); time the same windows through the runners alone (warm)."""
+def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | None, readers: int = 2,
+               blend: str | None = None) -> dict:
+    """Segment ``slide`` (all tissues, ``blend``: segment's default when None); time the same
+    windows through the runners alone (warm)."""
     with open_engine(engine_dir, threads=threads) as engine:
         start = time.perf_counter()
-        [result] = segment(slide, engine=engine, out=tmp / "seg", mpp=mpp, readers=readers)
+        [result] = segment(slide, engine=engine, out=tmp / f"seg-{blend}", mpp=mpp, readers=readers, blend=blend)
         wall = time.perf_counter() - start
         assert result.status == "done", result.reason
         settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
@@ -106,7 +109,8 @@ def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | No
                                 settings["window"], settings["overlap"], tissue, TISSUE_MPP) for group in SCALE_GROUPS]
             alone = engine_alone_seconds(engine, plans, reader, settings["batch"])
     windows = sum(result.windows.values())
-    return {"slide": slide.name, "readers": readers, "windows": result.windows, "wall_seconds": wall,
+    return {"slide": slide.name, "readers": readers, "blend": settings["blend"], "windows": result.windows,
+            "wall_seconds": wall,
             "windows_per_second": windows / wall, "engine_alone_seconds": alone,
             "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
             "breakdown_seconds": result.seconds, "batch": settings["batch"]}
@@ -135,11 +139,13 @@ def main() -> None:
     p.add_argument("--slide", type=Path, default=SAMPLE_SLIDE, help="slide for the end-to-end run")
     p.add_argument("--mpp", type=float, default=None, help="its pixel size, if it states none")
     p.add_argument("--readers", type=int, default=2, help="segment's reading threads")
+    p.add_argument("--blends", nargs="+", default=["gaussian"], help="stitching modes to run, one after the other")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         engine_dir = args.engine or build_engine(None, out=tmp / "engine", threads=args.threads)[0]
-        e2e = {} if args.only_rss else end_to_end(engine_dir, args.threads, tmp, args.slide, args.mpp, args.readers)
+        runs = [] if args.only_rss else [end_to_end(engine_dir, args.threads, tmp, args.slide, args.mpp, args.readers, b)
+                                         for b in args.blends]
         rss = [] if args.skip_rss else peak_rss(engine_dir, tmp)
     passes = []
     for group in SCALE_GROUPS:
@@ -150,21 +156,22 @@ def main() -> None:
     table = Table(title=f"segment ({args.slide.name}, all tissues)")
     for column in ("measure", "value"):
         table.add_column(column)
-    if e2e:
-        table.add_row("windows (5x/10x/40x)", " / ".join(str(v) for v in e2e["windows"].values()))
-        table.add_row(f"segment windows/s (batch {e2e['batch']}, {e2e['readers']} readers)",
+    for e2e in runs:
+        blend = f"blend {e2e['blend']}: "
+        table.add_row(blend + "windows (5x/10x/40x)", " / ".join(str(v) for v in e2e["windows"].values()))
+        table.add_row(blend + f"segment windows/s (batch {e2e['batch']}, {e2e['readers']} readers)",
                       f"{e2e['windows_per_second']:.2f}")
-        table.add_row("engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
-        table.add_row("ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
+        table.add_row(blend + "engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
+        table.add_row(blend + "ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
         seconds = e2e["breakdown_seconds"]
-        table.add_row("seconds: " + ", ".join(seconds), ", ".join(f"{v:.1f}" for v in seconds.values()))
+        table.add_row(blend + "seconds: " + ", ".join(seconds), ", ".join(f"{v:.1f}" for v in seconds.values()))
     for r in rss:
         table.add_row(f"peak RSS: {r['run']}", f"{r['peak_rss_mb']:.0f} MB")
     per_group = ", ".join(f"{p['group']} {p['windows']}" for p in passes)
     table.add_row("passes per 4096^2 40x region", f"{ours} ({per_group}) vs original {ORIGINAL_PASSES_PER_REGION} "
                   f"({ORIGINAL_PASSES_PER_REGION / ours:.1f}x fewer)")
     Console().print(table)
-    payload = {"environment": environment(), "end_to_end": e2e, "rss": rss,
+    payload = {"environment": environment(), "end_to_end": runs, "rss": rss,
                "passes_per_region": {"ours": ours, "groups": passes, "original": ORIGINAL_PASSES_PER_REGION}}
     name = "segment_rss" if args.only_rss else f"segment_{args.slide.stem}"
     print(f"wrote {write_result(name, payload)}")

@@ -97,8 +97,8 @@ def main() -> None:
 `omniseg-rt demo` segments the bundled sample slide (CMU-1-Small-Region, public domain): per-tissue
 masks as pyramidal OME-TIFF, polygons that QuPath imports, statistics and this overlay. The slide
 is skin, not kidney: the kidney heads mark much of it, glass next to tissue included, so read it
-for what the outputs look like, not for accuracy (seams between windows show too: blending of
-overlapping windows is planned).
+for what the outputs look like, not for accuracy. Overlapping windows are blended (Gaussian
+weights), so no window grid shows; `segment --exclusive` also writes one tissue label per pixel.
 
 ![Overlay of the demo slide: every tissue's outline over the slide]({picture})
 
