@@ -3,7 +3,8 @@ complete outputs (``manifest.json``) or its unfinished work (``.work/key.json``)
 
 A request is the tissues, the engine (backend, precision, source model), the level-0 pixel size
 override, each group's target pixel size, the window, the overlap, the blending and whether the
-exclusive label map is wanted (outputs that have it also serve requests without it). Against a complete slide:
+exclusive label map is wanted (outputs that have it also serve requests without it). Against a
+complete slide:
 
 - same settings, tissues already there (a subset is enough): **skip**;
 - same settings, tissues missing: **add** them; the outputs then hold the union, and scale groups
