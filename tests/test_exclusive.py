@@ -7,7 +7,7 @@ import json
 import numpy as np
 import tifffile
 
-from omniseg_rt.outputs.exclusive import LABELS, merge_labels
+from omniseg_rt.outputs.exclusive import LABELS, merge_labels, write_label_map
 from omniseg_rt.runtime import segment
 from omniseg_rt.tissues import SCALE_GROUPS
 from test_segment_geometry import red_engine
@@ -45,6 +45,24 @@ def test_the_tissue_mask_gates_everything():
     labels = merge_labels(tasks, masks, scores, np.array([[False, True]]))
     assert labels.tolist() == [[0, TUFT + 1]]
     assert LABELS[0] == "background" and LABELS[TUFT + 1] == "glomerular tuft"
+
+
+def test_the_label_map_samples_each_group_on_its_own_grid_band_by_band():
+    # PT at 1 um/px (8 x 8), CAP at 2 um/px (4 x 4): the map at 1 um/px; CAP's pixel (1, 1) covers
+    # map pixels 2..3 x 2..3, where it beats PT; the gate (at 4 um/px, 2 x 2) drops the right half
+    pt = np.zeros((1, 8, 8), np.uint8)
+    pt[0, :4, :] = 255
+    cap = np.zeros((1, 4, 4), np.uint8)
+    cap[0, 1, 1] = 255
+    groups = [((PT,), pt, np.where(pt > 0, 150, 0).astype(np.uint8), 1.0),
+              ((CAP,), cap, np.where(cap > 0, 200, 0).astype(np.uint8), 2.0)]
+    gate = np.array([[True, False], [True, False]])
+    labels = np.zeros((8, 8), np.uint8)
+    write_label_map(labels, (8, 8), 1.0, groups, gate, 4.0, band_rows=3)
+    expected = np.zeros((8, 8), np.uint8)
+    expected[:4, :4] = PT + 1
+    expected[2:4, 2:4] = CAP + 1
+    assert labels.tolist() == expected.tolist()
 
 
 def test_segment_exclusive_writes_one_label_per_pixel(tmp_path):

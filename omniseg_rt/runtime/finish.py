@@ -92,8 +92,11 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
     with io_errors(path):
         labels = np.memmap(path, dtype=np.uint8, mode="w+", shape=finest.canvas)
     try:
+        # bands of about 64 MB of working arrays (~40 bytes per output pixel for six tissues)
+        band_rows = max(16, min(1024, (64 << 20) // (40 * finest.canvas[1])))
         write_label_map(labels, finest.canvas, finest.mpp,
-                        [(tasks, canvases[p.group], scores[p.group], p.mpp) for p, tasks in plans], tissue, tissue_mpp)
+                        [(tasks, canvases[p.group], scores[p.group], p.mpp) for p, tasks in plans], tissue, tissue_mpp,
+                        band_rows=band_rows)
         with io_errors(slide_dir / "labels.ome.tif"):
             write_mask_tiff(slide_dir / "labels.ome.tif", labels[None], ["tissue label"], finest.mpp)
         width, height = geometry.l0_size

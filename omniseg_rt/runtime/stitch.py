@@ -74,9 +74,7 @@ class Blender:
         self.plan = plan
         self.channels = channels
         self.weights = importance_map(plan.window, sigma_fraction)
-        stride = plan.window - plan.overlap
-        self.stride = stride
-        self.reach = math.ceil((plan.overlap // 2) / stride)
+        self.reach = math.ceil((plan.overlap // 2) / (plan.window - plan.overlap))
         self.cells = {spec.t_rc: spec.cell for b in set(bands) for spec in plan.bands[b]}
         self.sums: dict[tuple[int, int], np.ndarray] = {}
         self.weight_sums: dict[tuple[int, int], np.ndarray] = {}  # [h, w], only for scores
