@@ -390,3 +390,58 @@ def test_render_overlay_paints_colours_and_legend(tmp_path):
     assert not (tmp_path / ".overlay.png.tmp").exists()
     with pytest.raises(InvalidInputError, match="shape"):
         render_overlay(path, thumb, [(1, pt[:10])])
+
+
+class _Guarded:
+    """A [T, H, W] or [H, W] uint8 array that fails any read lying wholly inside ``forbidden``
+    (y0, y1, x0, x1): a region known to be empty, which no reader needs to look at."""
+
+    def __init__(self, array: np.ndarray, forbidden: tuple[int, int, int, int]) -> None:
+        self.array, self.forbidden = array, forbidden
+        self.shape, self.ndim, self.dtype = array.shape, array.ndim, array.dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows, cols = (key[-2], key[-1]) if len(key) == self.ndim else (key[-1], slice(None))
+        if self.ndim == 3 and len(key) == 2:
+            rows, cols = key[1], slice(None)
+        y0, y1, x0, x1 = self.forbidden
+        r = range(*rows.indices(self.shape[-2])) if isinstance(rows, slice) else [rows]
+        c = range(*cols.indices(self.shape[-1])) if isinstance(cols, slice) else [cols]
+        if r and c and all(y0 <= v < y1 for v in r) and all(x0 <= v < x1 for v in c):
+            raise AssertionError(f"read {key} inside the region known to be empty {self.forbidden}")
+        return self.array[key]
+
+
+def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
+    from omniseg_rt.outputs import downsample_mask, mask_objects, read_mask_tiff, tissue_stats, write_mask_tiff
+    from omniseg_rt.slide.plan import Occupancy, plan_group
+    from omniseg_rt.tissues import SCALE_GROUPS
+
+    # a 2000 x 1500 canvas, tissue (cells) only in its top-left 600 x 600 px
+    tissue = np.zeros((1500, 2000), bool)
+    tissue[:600, :600] = True
+    plan = plan_group(SCALE_GROUPS[1], 1.0, 1.0, (2000, 1500), (1.0,), lambda mpp: 0, 512, 128, tissue=tissue,
+                      tissue_mpp=1.0)
+    occupied = Occupancy(plan)
+    assert occupied(0, 10, 0, 10) and not occupied(800, 1500, 0, 2000) and not occupied(0, 1500, 800, 2000)
+    masks = np.zeros((2, 1500, 2000), np.uint8)
+    masks[0, 100:300, 50:500] = 255
+    masks[1, 400:700, 200:760] = 255  # up to the last occupied cell's edge (768)
+    guarded = _Guarded(masks, (800, 1500, 0, 2000))
+    with pytest.raises(AssertionError, match="known to be empty"):  # the guard bites a writer that reads it all
+        write_mask_tiff(tmp_path / "all.ome.tif", guarded, ["DT", "PT"], 1.0, tile=256)
+    write_mask_tiff(tmp_path / "sparse.ome.tif", guarded, ["DT", "PT"], 1.0, tile=256, occupied=occupied)
+    write_mask_tiff(tmp_path / "dense.ome.tif", masks, ["DT", "PT"], 1.0, tile=256)
+    for level in range(3):
+        assert np.array_equal(read_mask_tiff(tmp_path / "sparse.ome.tif", level)[0],
+                              read_mask_tiff(tmp_path / "dense.ome.tif", level)[0])
+    assert (tmp_path / "sparse.ome.tif").stat().st_size <= (tmp_path / "dense.ome.tif").stat().st_size * 1.1
+    for channel in range(2):
+        sparse = [(p.area, n) for p, n in mask_objects(_Guarded(masks[channel], (800, 1500, 0, 2000)), band_rows=100,
+                                                       occupied=occupied)]
+        assert sparse == [(p.area, n) for p, n in mask_objects(masks[channel], band_rows=100)]
+        assert np.array_equal(downsample_mask(_Guarded(masks[channel], (800, 1500, 0, 2000)), (150, 200), occupied),
+                              downsample_mask(masks[channel], (150, 200)))
+    stats = tissue_stats([0, 1], guarded, 1.0, 1.0, {}, occupied=occupied)
+    assert [r["area_mm2"] for r in stats] == [r["area_mm2"] for r in tissue_stats([0, 1], masks, 1.0, 1.0, {})]

@@ -4,8 +4,12 @@ The masks of one scale group (uint8 [T, H, W], 0 or 255, often a ``np.memmap`` f
 RAM) are written as one OME image with axes ``CYX`` (one channel per tissue), its pixel size in
 the OME metadata and in the TIFF resolution tags, and reduced levels in SubIFDs, each half the
 size of the one above (nearest downsampling: fine for 0/255 masks) until the largest side fits
-in one tile. Only one tile of pixels is in memory at a time. The file is written under a
-temporary name and renamed onto ``path`` when complete.
+in one tile. Only one tile of pixels is in memory at a time (a few with ``occupied``). The file
+is written under a temporary name and renamed onto ``path`` when complete.
+
+Given ``occupied`` (where the masks can be nonzero), tiles elsewhere are not read: one
+compressed empty tile is written for all of them, and the others are compressed here (zlib, a
+few threads), so writing costs follow the tissue, not the slide's area.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +61,38 @@ def _level_tiles(masks: np.ndarray, level: int, tile: int) -> Iterator[np.ndarra
                 yield np.ascontiguousarray(region, dtype=np.uint8)
 
 
+def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callable[..., bool]) -> Iterator[bytes]:
+    """The tiles of :func:`_level_tiles`, zlib-compressed and padded to full tiles, with the
+    tiles ``occupied`` says are empty never read (one shared compressed empty tile)."""
+    step = 2**level
+    channels, height, width = masks.shape
+    span = tile * step
+    empty = zlib.compress(bytes(tile * tile))
+
+    def compress(region: np.ndarray) -> bytes:
+        full = np.zeros((tile, tile), np.uint8)
+        full[: region.shape[0], : region.shape[1]] = region
+        return zlib.compress(full.tobytes())
+
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
+        pending: deque = deque()
+        for c in range(channels):
+            for y0 in range(0, height, span):
+                for x0 in range(0, width, span):
+                    y1, x1 = min(y0 + span, height), min(x0 + span, width)
+                    if occupied(y0, y1, x0, x1):
+                        pending.append(pool.submit(compress, np.asarray(masks[c, y0:y1:step, x0:x1:step])))
+                    else:
+                        pending.append(empty)
+                    while len(pending) > 2 * workers:
+                        first = pending.popleft()
+                        yield first if isinstance(first, bytes) else first.result()
+        while pending:
+            first = pending.popleft()
+            yield first if isinstance(first, bytes) else first.result()
+
+
 def _check(masks: np.ndarray, channel_names: Sequence[str], mpp: float, tile: int) -> None:
     if getattr(masks, "ndim", None) != 3 or getattr(masks, "dtype", None) != np.uint8:
         found = f"{type(masks).__name__} {getattr(masks, 'dtype', '?')} {getattr(masks, 'shape', '?')}"
@@ -82,12 +121,15 @@ def write_mask_tiff(
     *,
     tile: int = 512,
     compression: str = "zlib",
+    occupied: Callable[[int, int, int, int], bool] | None = None,
 ) -> None:
     """Write ``masks`` (uint8 [T, H, W]: a memmap, or any array that slices) as a pyramidal OME-TIFF at ``path``.
 
     ``channel_names`` names the T channels (e.g. tissue abbreviations); ``mpp`` is the masks'
     pixel size in micrometres per pixel (level 0; level k has ``mpp * 2**k``). ``tile`` is the
     TIFF tile side in pixels (multiple of 16); ``compression`` any tifffile codec name.
+    ``occupied(y0, y1, x0, x1) -> bool`` (level-0 rows and columns): False where the masks are
+    known to be 0; with zlib those tiles are not read (see the module docstring).
     """
     _check(masks, channel_names, mpp, tile)
     mpp = float(mpp)  # numpy scalars break tifffile's rational tags
@@ -120,8 +162,10 @@ def write_mask_tiff(
                     if level == 0
                     else {"subfiletype": 1, "metadata": None}
                 )
+                tiles = (_compressed_tiles(masks, level, tile, occupied)
+                         if occupied is not None and compression == "zlib" else _level_tiles(masks, level, tile))
                 tif.write(
-                    _level_tiles(masks, level, tile),
+                    tiles,
                     shape=(channels, h, w),
                     resolution=(pixels_per_cm, pixels_per_cm),
                     **options,

@@ -21,13 +21,14 @@ _BAND_BYTES = 32 << 20  # bytes of full-resolution mask read at a time
 _BOX, _PAD = 12, 6  # legend swatch side and padding, pixels
 
 
-def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int], occupied=None) -> np.ndarray:
     """Low-resolution view, bool [h, w], of a 2-D mask [H, W] (nonzero = on; memmap ok).
 
     Full-resolution pixel (r, c) falls in low-resolution pixel (r * h // H, c * w // W); a
     low-resolution pixel is on if any pixel falling in it is on (max pooling). When upsampling
     on an axis, a low-resolution pixel takes the one pixel its top-left corner lies in. The
-    mask is read in bands of about 32 MiB.
+    mask is read in bands of about 32 MiB; bands where ``occupied(y0, y1, x0, x1)`` is False are
+    known to be 0 and not read.
     """
     if getattr(mask, "ndim", None) != 2 or 0 in mask.shape:
         raise InvalidInputError(f"mask must be a non-empty 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
@@ -46,6 +47,9 @@ def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
         while i1 < h and row_end[i1] - row_start[i0] <= budget:
             i1 += 1
         top, bottom = int(row_start[i0]), int(row_end[i1 - 1])
+        if occupied is not None and not occupied(top, bottom, 0, width):
+            i0 = i1
+            continue
         band = np.asarray(mask[top:bottom]) != 0
         cols = np.logical_or.reduceat(band, col_start, axis=1)
         out[i0:i1] = np.logical_or.reduceat(cols, row_start[i0:i1] - top, axis=0)

@@ -48,7 +48,7 @@ class _Objects:
     seed_c: np.ndarray
 
 
-def _find_objects(mask: np.ndarray, band_rows: int) -> _Objects:
+def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> _Objects:
     """Pass 1: label band by band, join across band borders, aggregate per object."""
     height, width = mask.shape
     frags: list[np.ndarray] = []  # per band: int64 [n, 6] = r0, r1, c0, c1, count, seed key
@@ -56,6 +56,9 @@ def _find_objects(mask: np.ndarray, band_rows: int) -> _Objects:
     offset = 0
     prev_last: np.ndarray | None = None  # fragment ids (+1, 0 = background) of the row above
     for top in range(0, height, band_rows):
+        if occupied is not None and not occupied(top, top + band_rows, 0, width):
+            prev_last = None  # an empty band: nothing to join across its borders
+            continue
         band = np.asarray(mask[top : top + band_rows]) != 0
         labels, n = ndimage.label(band, structure=_EIGHT, output=np.int32)
         if n:
@@ -162,7 +165,7 @@ def _simplify(traced: Polygon, tolerance: float) -> Polygon:
 
 
 def mask_objects(
-    mask: np.ndarray, *, band_rows: int = 2048, tolerance: float = 1.0
+    mask: np.ndarray, *, band_rows: int = 2048, tolerance: float = 1.0, occupied=None
 ) -> Iterator[tuple[Polygon, int]]:
     """Every 8-connected object of a 2-D mask as (Polygon, pixel count), ordered by its
     top-left-most pixel (row-major).
@@ -170,7 +173,8 @@ def mask_objects(
     ``mask``: [H, W] array, nonzero = foreground (uint8 0/255; a ``np.memmap`` slice is read in
     pieces). Polygons are in mask pixels (area convention in the module docstring), holes kept,
     simplified within ``tolerance`` pixels (0 = no simplification), valid, with area equal to
-    the pixel count (to 0.1 %). ``band_rows``: rows per band of the first pass.
+    the pixel count (to 0.1 %). ``band_rows``: rows per band of the first pass; ``occupied(y0,
+    y1, x0, x1) -> bool``: False where the mask is known to be 0 (those bands are not read).
     """
     if getattr(mask, "ndim", None) != 2:
         raise InvalidInputError(f"mask must be a 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
@@ -180,7 +184,7 @@ def mask_objects(
         raise InvalidInputError(f"tolerance must be >= 0 pixels; got {tolerance}")
     if 0 in mask.shape:
         return
-    found = _find_objects(mask, band_rows)
+    found = _find_objects(mask, band_rows, occupied)
     log.debug("%d objects in a %dx%d mask", len(found.count), mask.shape[1], mask.shape[0])
     for i in range(len(found.count)):
         r0, r1, c0, c1 = (int(a[i]) for a in (found.r0, found.r1, found.c0, found.c1))

@@ -24,12 +24,15 @@ _BAND_BYTES = 64 << 20  # bytes of mask read at a time
 _FIRST = ("slide", "status", "reason")
 
 
-def foreground_pixels(masks: np.ndarray) -> np.ndarray:
-    """Nonzero pixels per channel of ``masks`` (uint8 [T, H, W], may be a memmap): int64 [T]."""
+def foreground_pixels(masks: np.ndarray, occupied=None) -> np.ndarray:
+    """Nonzero pixels per channel of ``masks`` (uint8 [T, H, W], may be a memmap): int64 [T].
+    ``occupied(y0, y1, x0, x1) -> bool``: False where the masks are known to be 0 (not read)."""
     channels, height, width = masks.shape
     rows = max(1, _BAND_BYTES // max(1, channels * width))
     total = np.zeros(channels, dtype=np.int64)
     for top in range(0, height, rows):
+        if occupied is not None and not occupied(top, top + rows, 0, width):
+            continue
         band = np.asarray(masks[:, top : top + rows])
         total += np.count_nonzero(band.reshape(channels, -1), axis=1)
     return total
@@ -41,6 +44,7 @@ def tissue_stats(
     mpp: float,
     tissue_area_mm2: float,
     objects: Mapping[int, int],
+    occupied=None,
 ) -> list[dict[str, Any]]:
     """One dict per tissue of a scale group, in ``task_ids`` order.
 
@@ -59,7 +63,7 @@ def tissue_stats(
     if not (math.isfinite(tissue_area_mm2) and tissue_area_mm2 >= 0):
         raise InvalidInputError(f"tissue_area_mm2 must be >= 0; got {tissue_area_mm2!r}")
     mpp = float(mpp)
-    pixels = foreground_pixels(masks)
+    pixels = foreground_pixels(masks, occupied)
     rows = []
     for task_id, count in zip(task_ids, pixels):
         t = tissue(task_id)

@@ -21,6 +21,7 @@ from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, repl
 from omniseg_rt.outputs import (downsample_mask, mask_objects, render_overlay, tissue_stats, to_level0,
                                 write_geojson, write_mask_tiff)
 from omniseg_rt.outputs.exclusive import LABELS, LabelMask, write_label_map
+from omniseg_rt.slide.plan import Occupancy
 from omniseg_rt.tissues import TISSUES
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,12 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     from PIL import Image
 
     outputs: dict[str, str] = {}
+    occupancy = {plan.group: Occupancy(plan) for plan, _ in plans}  # the writers read only where cells are
     for plan, tasks in plans:
         name = f"mask_{plan.group}.ome.tif"
         with io_errors(slide_dir / name):
-            write_mask_tiff(slide_dir / name, canvases[plan.group], [TISSUES[t].abbrev for t in tasks], plan.mpp)
+            write_mask_tiff(slide_dir / name, canvases[plan.group], [TISSUES[t].abbrev for t in tasks], plan.mpp,
+                            occupied=occupancy[plan.group])
         outputs[f"mask_{plan.group}"] = name
     _save_png(slide_dir / "tissue_mask.png", Image.fromarray(np.where(tissue, 255, 0).astype(np.uint8)))
     outputs["tissue_mask"] = "tissue_mask.png"
@@ -55,7 +58,8 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
             for i, task in enumerate(tasks):
                 # bands of about 64 MB of labels, whatever the slide's width
                 rows = max(64, min(2048, (64 << 20) // (5 * plan.canvas[1])))
-                for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=rows):
+                for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=rows,
+                                               occupied=occupancy[plan.group]):
                     for part in clip_to_slide(to_level0(polygon, plan.scale, plan.scale), width, height):
                         yield task, part
 
@@ -65,7 +69,8 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     tissue_area_mm2 = float(tissue.sum()) * tissue_mpp**2 / 1e6
     rows = []
     for plan, tasks in plans:
-        rows.extend(tissue_stats(list(tasks), canvases[plan.group], plan.mpp, tissue_area_mm2, counts))
+        rows.extend(tissue_stats(list(tasks), canvases[plan.group], plan.mpp, tissue_area_mm2, counts,
+                                 occupied=occupancy[plan.group]))
     summary = {"slide": geometry.name, "mpp": geometry.mpp, "tissue_area_mm2": round(tissue_area_mm2, 4),
                "tissues": rows, "warnings": warnings}
     if scores:
@@ -75,7 +80,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     outputs["summary"] = "summary.json"
 
     h, w = picture.shape[:2]
-    layers = [(task, downsample_mask(canvases[plan.group][i], (h, w)))
+    layers = [(task, downsample_mask(canvases[plan.group][i], (h, w), occupancy[plan.group]))
               for plan, tasks in plans for i, task in enumerate(tasks)]
     with io_errors(slide_dir / "overlay.png"):
         render_overlay(slide_dir / "overlay.png", picture, layers)

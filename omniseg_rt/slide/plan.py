@@ -132,3 +132,29 @@ def read_window(reader, spec: WindowSpec) -> np.ndarray:
     if rgb.shape[:2] != (spec.window, spec.window):
         rgb = np.asarray(Image.fromarray(rgb).resize((spec.window, spec.window), Image.BILINEAR))
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+class Occupancy:
+    """Where a group's canvas can be nonzero: the cells of its plan (windows write only there,
+    blended or not; a canvas read back from the group's mask file was made by the same plan).
+    Writers skip every region this says is empty instead of reading it, so their cost follows the
+    tissue, not the slide's area."""
+
+    def __init__(self, plan: GroupPlan) -> None:
+        self.stride = plan.window - plan.overlap
+        height, width = plan.canvas
+        grid = np.zeros((math.ceil(height / self.stride), math.ceil(width / self.stride)), np.int64)
+        for band in plan.bands:
+            for spec in band:
+                grid[spec.t_rc] = 1
+        self.cells = int(grid.sum())
+        self._table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), np.int64)  # summed-area table
+        self._table[1:, 1:] = grid.cumsum(0).cumsum(1)
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """True when canvas rows [y0, y1) x cols [x0, x1) overlap a cell of the plan."""
+        rows, cols = self._table.shape[0] - 1, self._table.shape[1] - 1
+        r0, c0 = min(rows, max(0, y0 // self.stride)), min(cols, max(0, x0 // self.stride))
+        r1, c1 = min(rows, max(r0, -(-y1 // self.stride))), min(cols, max(c0, -(-x1 // self.stride)))
+        t = self._table
+        return bool(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0])
