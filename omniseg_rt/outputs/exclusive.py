@@ -62,11 +62,12 @@ def merge_labels(task_ids: Sequence[int], masks: np.ndarray, scores: np.ndarray,
 
 
 def write_label_map(labels: np.ndarray, shape: tuple[int, int], mpp: float, groups, gate: np.ndarray,
-                    gate_mpp: float, band_rows: int = 1024) -> None:
-    """Fill ``labels`` (uint8 [H, W] = ``shape``, e.g. a memmap) at ``mpp`` um/px, band by band.
+                    gate_mpp: float, band_rows: int = 1024, occupied=None) -> None:
+    """Fill ``labels`` (uint8 [H, W] = ``shape``, e.g. a zeroed memmap) at ``mpp`` um/px, band by band.
 
     ``groups``: [(task ids, masks uint8 [T, h, w] 0/255, scores uint8 [T, h, w], group mpp)], each
-    sampled at the nearest pixel of its own grid; ``gate``: bool tissue mask at ``gate_mpp``.
+    sampled at the nearest pixel of its own grid; ``gate``: bool tissue mask at ``gate_mpp``;
+    ``occupied(y0, y1, x0, x1) -> bool``: False where every mask is known to be 0 (skipped).
     """
     height, width = shape
 
@@ -77,6 +78,8 @@ def write_label_map(labels: np.ndarray, shape: tuple[int, int], mpp: float, grou
     gate_cols = nearest(width, gate_mpp, gate.shape[1])
     for top in range(0, height, band_rows):
         n = min(band_rows, height - top)
+        if occupied is not None and not occupied(top, top + n, 0, width):
+            continue
         task_ids, masks, scores = [], [], []
         for (tasks, m, s, g_mpp), cols in zip(groups, columns):
             rows = nearest(top + n, g_mpp, m.shape[1])[top:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
                "tissues": rows, "warnings": warnings}
     if scores:
         outputs.update(_write_exclusive(slide_dir, work_dir or slide_dir, geometry, plans, canvases, scores, tissue,
-                                        tissue_mpp, summary))
+                                        tissue_mpp, summary, occupancy))
     atomic_write_text(slide_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     outputs["summary"] = "summary.json"
 
@@ -89,10 +90,19 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
 
 
 def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases, scores, tissue, tissue_mpp: float,
-                     summary: dict) -> dict[str, str]:
+                     summary: dict, occupancy: dict) -> dict[str, str]:
     """``labels.ome.tif`` (at the finest group's pixel size) and ``objects_exclusive.geojson``;
-    adds each tissue's exclusive area to ``summary``."""
+    adds each tissue's exclusive area to ``summary``. Regions without a cell of any group are
+    neither computed nor read."""
     finest = min((plan for plan, _ in plans), key=lambda p: p.mpp)
+
+    def occupied(y0: int, y1: int, x0: int, x1: int) -> bool:  # finest-group pixels
+        for plan, _ in plans:
+            f = finest.mpp / plan.mpp
+            if occupancy[plan.group](int(y0 * f), math.ceil(y1 * f), int(x0 * f), math.ceil(x1 * f)):
+                return True
+        return False
+
     path = work_dir / "labels.u8"
     with io_errors(path):
         labels = np.memmap(path, dtype=np.uint8, mode="w+", shape=finest.canvas)
@@ -101,22 +111,23 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
         band_rows = max(16, min(1024, (64 << 20) // (40 * finest.canvas[1])))
         write_label_map(labels, finest.canvas, finest.mpp,
                         [(tasks, canvases[p.group], scores[p.group], p.mpp) for p, tasks in plans], tissue, tissue_mpp,
-                        band_rows=band_rows)
+                        band_rows=band_rows, occupied=occupied)
         with io_errors(slide_dir / "labels.ome.tif"):
-            write_mask_tiff(slide_dir / "labels.ome.tif", labels[None], ["tissue label"], finest.mpp)
+            write_mask_tiff(slide_dir / "labels.ome.tif", labels[None], ["tissue label"], finest.mpp,
+                            occupied=occupied)
         width, height = geometry.l0_size
         present = [t for _, tasks in plans for t in tasks]
         rows = max(64, min(2048, (64 << 20) // (5 * finest.canvas[1])))
 
         def objects():
             for task in sorted(present):
-                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=rows):
+                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=rows, occupied=occupied):
                     for part in clip_to_slide(to_level0(polygon, finest.scale, finest.scale), width, height):
                         yield task, part
 
         with io_errors(slide_dir / "objects_exclusive.geojson"):
             write_geojson(slide_dir / "objects_exclusive.geojson", objects(), id_seed=geometry.name)
-        counts = _label_counts(labels)
+        counts = _label_counts(labels, occupied)
         summary["exclusive"] = {"labels": {str(k): v for k, v in LABELS.items()}, "mpp": finest.mpp,
                                 "area_mm2": {TISSUES[t].abbrev: round(float(counts[t + 1]) * finest.mpp**2 / 1e6, 6)
                                              for t in sorted(present)}}
@@ -125,11 +136,12 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
     return {"labels": "labels.ome.tif", "objects_exclusive": "objects_exclusive.geojson"}
 
 
-def _label_counts(labels: np.ndarray, rows: int = 4096) -> np.ndarray:
-    """int64 [256]: pixels per label value, read in bands."""
+def _label_counts(labels: np.ndarray, occupied, rows: int = 4096) -> np.ndarray:
+    """int64 [256]: pixels per nonzero label value, read in bands (bands ``occupied`` rules out skipped)."""
     counts = np.zeros(256, np.int64)
     for top in range(0, labels.shape[0], rows):
-        counts += np.bincount(np.asarray(labels[top:top + rows]).ravel(), minlength=256)
+        if occupied(top, top + rows, 0, labels.shape[1]):
+            counts += np.bincount(np.asarray(labels[top:top + rows]).ravel(), minlength=256)
     return counts
 
 
