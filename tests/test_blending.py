@@ -113,3 +113,49 @@ def test_seam_rates_count_pairs_across_the_lines():
     assert off == 0.0
     on, off = seam_rates(mask, [2])
     assert on == 0.0 and off == pytest.approx(8 / (2 * 7 * 8 - 16))
+
+
+def test_a_blended_group_resumed_after_its_first_band_gives_the_same_bytes(tmp_path):
+    """The pipeline's resume path: bands journalled by a first run are not redone, the band before
+    the first open one runs again (its contributions were in memory), and the canvas comes out
+    byte-identical to one uninterrupted run, with a window-dependent engine."""
+    from omniseg_rt.engines.base import GraphRunner, GraphSpec
+    from omniseg_rt.runtime.pipeline import _run_group
+    from omniseg_rt.runtime.settings import SegmentSettings
+    from omniseg_rt.runtime.store import WorkStore
+    from omniseg_rt.slide import open_slide
+    from synthetic import tissue_pattern, write_aperio
+
+    class CentredRed(GraphRunner):
+        """margin = red - the window's mean red: depends on the window, as the network does."""
+
+        def __init__(self) -> None:
+            self.spec = GraphSpec("10x", (0,), "10x", 1.0, "-")
+            self.windows = 0
+
+        def infer(self, images: np.ndarray) -> np.ndarray:
+            self.windows += len(images)
+            red = images[:, :1].astype(np.float32)
+            return red - red.mean(axis=(2, 3), keepdims=True)
+
+    slide = write_aperio(tmp_path / "s.svs", tissue_pattern(400, 300, glass_from=1.0), mpp=1.0, levels=1)
+    settings = SegmentSettings(tissues=(0,), window=64, overlap=16, batch=3)
+    with open_slide(slide) as reader:
+        g = reader.geometry
+        plan = plan_group(SCALE_GROUPS[1], 1.0, g.mpp, g.l0_size, g.level_downsamples, g.level_for, 64, 16)
+        bands = list(range(len(plan.bands)))
+        canvases = {}
+        for name, runs in (("once", [bands]), ("resumed", [bands[:2], bands[2:]])):
+            store = WorkStore(tmp_path / name, {"k": name})
+            canvas = store.canvas("10x", (1, *plan.canvas))
+            runner = CentredRed()
+            for todo in runs:
+                _run_group(plan, todo, reader, runner, [0], canvas, None, store, settings,
+                           {"read": 0.0, "infer": 0.0, "stitch": 0.0}, lambda n: None)
+            assert store.done_bands("10x") == set(bands)
+            canvases[name] = (np.array(canvas), runner.windows)
+    (once, windows_once), (resumed, windows_resumed) = canvases["once"], canvases["resumed"]
+    assert once.any() and np.array_equal(once, resumed)
+    # the first run journalled bands 0 and 1 (running band 2's windows to finish band 1); the
+    # second runs band 1 again (band 2 needs its contributions) and band 2, whose sums were lost
+    assert windows_resumed == windows_once + len(plan.bands[1]) + len(plan.bands[2])
