@@ -45,28 +45,29 @@ def pyramid_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def _level_tiles(masks: np.ndarray, level: int, tile: int) -> Iterator[np.ndarray]:
-    """Tiles of pyramid ``level``, channel by channel, row-major: uint8 [<=tile, <=tile] each.
-
-    A level-k tile is the strided level-0 region ``masks[c, y0:y1:2**k, x0:x1:2**k]``; tifffile
-    pads edge tiles to the full tile size.
-    """
-    step = 2**level
-    channels, height, width = masks.shape
-    span = tile * step  # level-0 pixels covered by one level-k tile side
+def _tile_regions(shape: tuple[int, int, int], level: int, tile: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(channel, y0, y1, x0, x1) of each tile of pyramid ``level`` in level-0 pixels, channel by
+    channel, row-major: a level-k tile is the strided region ``masks[c, y0:y1:2**k, x0:x1:2**k]``."""
+    channels, height, width = shape
+    span = tile * 2**level  # level-0 pixels covered by one level-k tile side
     for c in range(channels):
         for y0 in range(0, height, span):
             for x0 in range(0, width, span):
-                region = masks[c, y0 : min(y0 + span, height) : step, x0 : min(x0 + span, width) : step]
-                yield np.ascontiguousarray(region, dtype=np.uint8)
+                yield c, y0, min(y0 + span, height), x0, min(x0 + span, width)
+
+
+def _level_tiles(masks: np.ndarray, level: int, tile: int) -> Iterator[np.ndarray]:
+    """Tiles of pyramid ``level`` (see :func:`_tile_regions`): uint8 [<=tile, <=tile] each;
+    tifffile pads edge tiles to the full tile size."""
+    step = 2**level
+    for c, y0, y1, x0, x1 in _tile_regions(masks.shape, level, tile):
+        yield np.ascontiguousarray(masks[c, y0:y1:step, x0:x1:step], dtype=np.uint8)
 
 
 def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callable[..., bool]) -> Iterator[bytes]:
     """The tiles of :func:`_level_tiles`, zlib-compressed and padded to full tiles, with the
     tiles ``occupied`` says are empty never read (one shared compressed empty tile)."""
     step = 2**level
-    channels, height, width = masks.shape
-    span = tile * step
     empty = zlib.compress(bytes(tile * tile))
 
     def compress(region: np.ndarray) -> bytes:
@@ -74,23 +75,21 @@ def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callab
         full[: region.shape[0], : region.shape[1]] = region
         return zlib.compress(full.tobytes())
 
+    def done(item) -> bytes:
+        return item if isinstance(item, bytes) else item.result()
+
     workers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
-        pending: deque = deque()
-        for c in range(channels):
-            for y0 in range(0, height, span):
-                for x0 in range(0, width, span):
-                    y1, x1 = min(y0 + span, height), min(x0 + span, width)
-                    if occupied(y0, y1, x0, x1):
-                        pending.append(pool.submit(compress, np.asarray(masks[c, y0:y1:step, x0:x1:step])))
-                    else:
-                        pending.append(empty)
-                    while len(pending) > 2 * workers:
-                        first = pending.popleft()
-                        yield first if isinstance(first, bytes) else first.result()
+        pending: deque = deque()  # compressed tiles and futures, in file order
+        for c, y0, y1, x0, x1 in _tile_regions(masks.shape, level, tile):
+            if occupied(y0, y1, x0, x1):
+                pending.append(pool.submit(compress, np.asarray(masks[c, y0:y1:step, x0:x1:step])))
+            else:
+                pending.append(empty)
+            if len(pending) > 2 * workers:
+                yield done(pending.popleft())
         while pending:
-            first = pending.popleft()
-            yield first if isinstance(first, bytes) else first.result()
+            yield done(pending.popleft())
 
 
 def _check(masks: np.ndarray, channel_names: Sequence[str], mpp: float, tile: int) -> None:

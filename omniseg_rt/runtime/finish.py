@@ -57,9 +57,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     def objects():
         for plan, tasks in plans:
             for i, task in enumerate(tasks):
-                # bands of about 64 MB of labels, whatever the slide's width
-                rows = max(64, min(2048, (64 << 20) // (5 * plan.canvas[1])))
-                for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=rows,
+                for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=_tracing_rows(plan.canvas[1]),
                                                occupied=occupancy[plan.group]):
                     for part in clip_to_slide(to_level0(polygon, plan.scale, plan.scale), width, height):
                         yield task, part
@@ -117,11 +115,11 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
                             occupied=occupied)
         width, height = geometry.l0_size
         present = [t for _, tasks in plans for t in tasks]
-        rows = max(64, min(2048, (64 << 20) // (5 * finest.canvas[1])))
 
         def objects():
             for task in sorted(present):
-                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=rows, occupied=occupied):
+                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=_tracing_rows(finest.canvas[1]),
+                                               occupied=occupied):
                     for part in clip_to_slide(to_level0(polygon, finest.scale, finest.scale), width, height):
                         yield task, part
 
@@ -134,6 +132,11 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
     finally:
         path.unlink(missing_ok=True)  # a work file: the map is freed when this returns
     return {"labels": "labels.ome.tif", "objects_exclusive": "objects_exclusive.geojson"}
+
+
+def _tracing_rows(width: int) -> int:
+    """Rows per band of polygon tracing: about 64 MB of labels, whatever the canvas ``width``."""
+    return max(64, min(2048, (64 << 20) // (5 * width)))
 
 
 def _label_counts(labels: np.ndarray, occupied, rows: int = 4096) -> np.ndarray:

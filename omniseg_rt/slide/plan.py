@@ -147,7 +147,6 @@ class Occupancy:
         for band in plan.bands:
             for spec in band:
                 grid[spec.t_rc] = 1
-        self.cells = int(grid.sum())
         self._table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), np.int64)  # summed-area table
         self._table[1:, 1:] = grid.cumsum(0).cumsum(1)
 
