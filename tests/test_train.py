@@ -16,6 +16,7 @@ from omniseg_rt.errors import InvalidInputError, MissingFileError
 from omniseg_rt.train.dataset import discover, split_by_source
 from omniseg_rt.train.losses import edge_ring_weight
 from omniseg_rt.train.sampler import TaskBatchSampler
+from omniseg_rt.train.trainer import parse_repeats
 
 
 def make_small_set(root: Path, folders=("1_1_pt", "3_0_tuft"), per_folder=4, size=64, crop=False) -> Path:
@@ -110,6 +111,22 @@ def test_sampler_single_task_batches():
     assert list(again) == batches
     again.set_epoch(5)
     assert list(again) != batches
+
+
+def test_sampler_repeats_a_lagging_tissue_and_names_bad_repeats():
+    tasks = [0] * 5 + [3] * 7
+    sampler = TaskBatchSampler(tasks, batch_size=3, seed=1, repeats={0: 3})
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3 * 2 + 3
+    drawn = [i for b in batches for i in b]
+    assert sorted(drawn) == sorted(list(range(5)) * 3 + list(range(5, 12)))
+    plain = TaskBatchSampler(tasks, batch_size=3, seed=1)
+    assert sorted(map(sorted, plain)) == sorted(map(sorted, TaskBatchSampler(tasks, 3, 1, repeats={3: 1})))
+    with pytest.raises(InvalidInputError, match="unknown tissue 'XX'"):
+        parse_repeats({"XX": 2})
+    with pytest.raises(InvalidInputError, match="--repeat DT=0"):
+        parse_repeats({"DT": 0})
+    assert parse_repeats({"vEs": 2}) == {4: 2}
 
 
 def test_edge_ring_weight_on_a_hand_made_mask():

@@ -47,6 +47,9 @@ def train(
     augment: Annotated[bool, typer.Option(help="Geometric, colour and noise augmentation.")] = True,
     patience: Annotated[int, typer.Option(
         help="Stop after this many epochs without a better validation Dice (0: run all epochs).")] = 0,
+    repeat: Annotated[Optional[list[str]], typer.Option(
+        help="TISSUE=N: draw that tissue's patches N times per epoch, for tissues that lag behind "
+             "(repeatable, e.g. --repeat DT=3 --repeat VES=3).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
 ) -> None:
     """Train Omni-Seg on partially labelled patches (each labelled for one tissue)."""
@@ -61,7 +64,7 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, patience=patience)
+        augment=augment, patience=patience, repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -91,6 +94,17 @@ def train(
                   f"{summary['patches_per_s']:.2f} patches/s; best validation score {summary['best_score']:.3f} "
                   f"({config.select} mean of the tissues' Dice); "
                   f"checkpoints in {out}")
+
+
+def _repeats(specs: list[str]) -> dict[str, int]:
+    """``["DT=3", "VES=2"]`` -> ``{"DT": 3, "VES": 2}`` (tissue names checked by the trainer)."""
+    out = {}
+    for spec in specs:
+        name, sep, count = spec.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise UsageError(f"--repeat {spec}: write TISSUE=N, e.g. --repeat DT=3")
+        out[name.strip().upper()] = int(count)
+    return out
 
 
 def evaluate(

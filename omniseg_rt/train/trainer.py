@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.metrics import dice
 from omniseg_rt.model import OmniSeg, load_checkpoint, margins
-from omniseg_rt.tissues import TISSUES
+from omniseg_rt.tissues import TISSUES, tissue
 from omniseg_rt.train.augment import augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
 from omniseg_rt.train.dataset import Sample, discover, load_sample, split_by_source
@@ -58,6 +58,7 @@ class TrainConfig:
     init: str | None = None
     augment: bool = True
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
+    repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
 
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -100,6 +101,16 @@ def _hardware(device: torch.device) -> str:
     cpu = cpu_summary()
     flags = f"; {', '.join(cpu['flags'])}" if cpu["flags"] else ""
     return f"{cpu['name']} ({cpu['cores']} cores, {cpu['machine']}{flags})"
+
+
+def parse_repeats(repeat: dict[str, int]) -> dict[int, int]:
+    """``{"DT": 3}`` -> ``{0: 3}``; an unknown tissue or a count below 1 is an error naming it."""
+    out = {}
+    for name, count in repeat.items():
+        if int(count) < 1:
+            raise InvalidInputError(f"--repeat {name}={count}: a tissue's passes per epoch must be at least 1")
+        out[tissue(name).task_id] = int(count)
+    return out
 
 
 def _epochs_since_best(history: list[dict]) -> int:
@@ -152,6 +163,7 @@ def train(
     if config.head_init not in ("live", "default"):
         raise InvalidInputError(f"--head-init {config.head_init}: choose live or default")
     selection_score({}, config.select)  # a bad --select fails here, before any work
+    repeats = parse_repeats(config.repeat)
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
     if model.family != config.family:
@@ -170,7 +182,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: max(0.0, 1.0 - e / config.epochs) ** config.poly_power)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    sampler = TaskBatchSampler([samples[i].task_id for i in train_idx], config.batch_size, config.seed)
+    sampler = TaskBatchSampler([samples[i].task_id for i in train_idx], config.batch_size, config.seed, repeats)
     loader = torch.utils.data.DataLoader(PatchDataset([samples[i] for i in train_idx]), batch_sampler=sampler,
                                          num_workers=config.workers)
     aug = build_augmentation() if config.augment else None
