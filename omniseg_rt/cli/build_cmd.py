@@ -34,6 +34,9 @@ def build(
              "first,last,/layer0/,/x2_resb/,/x1_resb/ (the full-resolution blocks: what passes the gate); "
              "first,last is faster where the gate allows it.")] = None,
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
+    compile: Annotated[Optional[str], typer.Option(
+        help="torch backend: compile the model with torch.compile (inductor), default or max-autotune (slower "
+             "build, faster kernels). Compiled at build time into the engine's cache/; runs the profile's batch.")] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", hidden=True)] = False,
     graph_rewrites: Annotated[bool, typer.Option(
         help="OpenVINO: run GroupNorm in its reshape-free form (--no-graph-rewrites: as exported).")] = True,
@@ -51,7 +54,7 @@ def build(
                                           threads=threads, device=device, force=force, min_dice=min_dice,
                                           calibration_method=calibration_method, int8_tool=int8_tool,
                                           int8_keep_float=int8_keep_float,
-                                          graph_rewrites=graph_rewrites,
+                                          graph_rewrites=graph_rewrites, compile=compile,
                                           on_progress=lambda message: status.update(message))
     except AccuracyGateError as exc:
         console.print(gate_table(exc.gate), style="red")
@@ -63,6 +66,7 @@ def build(
         "precision": manifest.precision,
         "graphs": ", ".join(f"{g.name} ({len(g.tissues)} tissues)" for g in manifest.graphs),
         "window": manifest.window,
+        **({"compiled": f"{manifest.compiled['mode']}, batch {manifest.compiled['batch']}"} if manifest.compiled else {}),
         "cpu": manifest.built_on["cpu"]["name"],
         "build time": f"{manifest.build_seconds:.1f} s",
         "next": f"omniseg-rt bench {path}",

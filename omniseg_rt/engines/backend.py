@@ -36,6 +36,7 @@ class BuildRequest:
     int8_tool: str
     graph_rewrites: bool
     int8_keep_float: str | None = None  # comma-separated convolutions left float; None: the quantizer's default
+    compile: str | None = None  # torch: torch.compile mode (default | max-autotune); None: eager
 
 
 class Backend(Protocol):

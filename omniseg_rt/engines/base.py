@@ -7,7 +7,8 @@ is run by a :class:`GraphRunner` of the engine's backend; the :class:`Engine` is
 - ``engine.infer(images)``: uint8 [B, 3, H, W] -> float32 [B, T, H, W], every graph run on the
   same pixels (for patches already at the right magnification, e.g. evaluation);
 - ``engine.runner(group)``: the runner of one scale group, which the slide pipeline feeds with
-  windows read at that group's magnification;
+  windows read at that group's magnification; its ``submit_device`` keeps the margins where the
+  network ran (``runner.arrays``, see ``arrays.py``) so that only uint8 masks cross to the host;
 - ``engine.close()`` / ``with open_engine(path) as engine``.
 
 Output buffers are fresh arrays owned by the caller (never reused by the engine).
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from omniseg_rt.engines.arrays import HOST, Arrays
 from omniseg_rt.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -71,10 +73,17 @@ class GraphRunner(abc.ABC):
     """Runs one graph: uint8 [B, 3, H, W] -> float32 [B, T, H, W] (fg minus bg logit)."""
 
     spec: GraphSpec
+    arrays: Arrays = HOST  # what submit_device's outputs are (host numpy unless a device keeps them)
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run one batch synchronously."""
+
+    def submit_device(self, images: np.ndarray) -> Ticket:
+        """Start a batch whose margins [B, T, H, W] stay where the network ran, as ``self.arrays``
+        arrays, for the stitcher (which sends only uint8 masks to the host). Host backends: the
+        same as :meth:`submit`."""
+        return self.submit(images)
 
     def submit(self, images: np.ndarray) -> Ticket:
         """Start a batch; ``.result()`` gives what :meth:`infer` gives. Here: synchronously;

@@ -6,7 +6,8 @@ Layout of an engine directory::
     NAME/graphs/<set>.onnx      the graph of each tissue set (+ <set>.json, its graph manifest)
     NAME/plans/<set>.plan       TensorRT only: the serialised engine of each graph
     NAME/model.pth              torch backend only: the checkpoint
-    NAME/cache/                 backend caches (OpenVINO CACHE_DIR, ORT optimised models, timing cache)
+    NAME/cache/                 backend caches (OpenVINO CACHE_DIR, ORT optimised models, timing cache,
+                                inductor's compiled kernels of a torch --compile engine)
 
 Opening checks the manifest's format, that every listed file exists with its recorded sha256,
 and (backend by backend) that this machine can run what was built; every mismatch is named.
@@ -65,6 +66,7 @@ class EngineManifest:
     accuracy_gate: dict[str, Any] | None = None
     reduced_precision: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None  # TensorRT: version, gpu, compute capability, profile
+    compiled: dict[str, Any] | None = None  # torch --compile: mode, batch, window, device, torch/CUDA versions
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     build_seconds: float | None = None
     created: str | None = None
@@ -174,7 +176,7 @@ def structure_problems(manifest: dict[str, Any]) -> list[str]:
 
 
 #: the build_engine options an engine manifest's ``rebuild`` section records, in command order
-REBUILD_OPTIONS = ("backend", "precision", "tissues", "profile", "calibration", "window", "device",
+REBUILD_OPTIONS = ("backend", "precision", "tissues", "profile", "calibration", "window", "device", "compile",
                    "calibration_method", "int8_tool", "int8_keep_float", "min_dice", "out")
 _DEFAULTS = {"calibration_method": "percentile", "int8_tool": "onnxruntime", "min_dice": DEFAULT_MIN_DICE, "device": "auto"}
 

@@ -37,9 +37,13 @@ def installed(module: str) -> bool:
 
 
 def auto_backend() -> str:
-    """TensorRT when it and an NVIDIA GPU are present, else OpenVINO, else ONNX Runtime."""
-    if installed("tensorrt") and installed("pycuda") and nvidia_gpus():
+    """TensorRT when it and an NVIDIA GPU are present; else torch where it sees that GPU (CUDA);
+    else OpenVINO, else ONNX Runtime (CPUs)."""
+    gpus = nvidia_gpus()
+    if gpus and installed("tensorrt") and installed("pycuda"):
         return "tensorrt"
+    if gpus and installed("torch") and _torch_sees_cuda():
+        return "torch"
     if installed("openvino"):
         return "openvino"
     return "onnxruntime"
@@ -52,3 +56,10 @@ def auto_precision(backend: str, device: str) -> str:
     if backend in ("openvino", "torch") and native_bf16():
         return "bf16"
     return "fp32"
+
+
+def _torch_sees_cuda() -> bool:
+    """Whether PyTorch here is a CUDA build that sees a GPU (imports torch: only asked on GPU machines)."""
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -29,7 +29,7 @@ from omniseg_rt.slide.plan import GroupPlan, plan_group, too_coarse
 from omniseg_rt.runtime.readers import Prefetcher
 from omniseg_rt.runtime.request import decide, request_of
 from omniseg_rt.runtime.settings import SegmentSettings
-from omniseg_rt.runtime.stitch import Blender, stitch_window
+from omniseg_rt.runtime.stitch import Blender, stitch_windows
 from omniseg_rt.runtime.store import WorkStore, check_free_space, output_bytes_estimate
 from omniseg_rt.slide import detect_tissue, open_slide, slide_name
 from omniseg_rt.slide.tissue import TISSUE_MPP
@@ -205,7 +205,7 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
     todo = [b for b in bands if plan.bands[b]]
     if not todo:
         return
-    blender = (Blender(plan, len(channels), todo, keep_weights=scores is not None)
+    blender = (Blender(plan, len(channels), todo, keep_weights=scores is not None, arrays=runner.arrays)
                if settings.blend == "gaussian" else None)
     run = [b for b in blender.bands_needed(todo) if plan.bands[b]] if blender else todo
     counted = set(todo)
@@ -235,10 +235,10 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         margins = ticket.result()
         seconds["infer"] += time.perf_counter() - start
         start = time.perf_counter()
-        for spec, window in zip(specs, margins):
-            if blender is None:
-                stitch_window(canvas, spec, window[channels], scores)
-            else:
+        if blender is None:
+            stitch_windows(canvas, specs, margins, channels, scores, runner.arrays)
+        else:
+            for spec, window in zip(specs, margins):
                 blender.add(spec, window[channels])
         if last:
             band_added(band)
@@ -251,7 +251,7 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         for band, specs, last in batches:
             pixels = np.stack([next(windows)[1] for _ in specs])
             start = time.perf_counter()
-            flight.append((band, specs, last, runner.submit(pixels)))
+            flight.append((band, specs, last, runner.submit_device(pixels)))
             seconds["infer"] += time.perf_counter() - start
             if len(flight) >= IN_FLIGHT:
                 collect()

@@ -12,15 +12,20 @@ Two ways (``SegmentSettings.blend``):
 
 Either way the result does not depend on the order windows finish in (blending: up to float
 rounding; the pipeline adds them in plan order, so its bytes are reproducible).
+
+The arithmetic is written with the operators numpy arrays and torch tensors share, so it runs
+where the runner's outputs are (``engines/arrays.py``): on the GPU for a GPU engine, which then
+ships uint8 masks of finished cells, never float margins.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from omniseg_rt.engines.arrays import HOST, Arrays
 from omniseg_rt.slide.plan import GroupPlan, WindowSpec
 
 BLEND_MODES = ("gaussian", "none")
@@ -29,24 +34,32 @@ SIGMA_FRACTION = 1 / 8  # of the window side, as nnU-Net
 
 def stitch_window(canvas: np.ndarray, spec: WindowSpec, margins: np.ndarray, scores: np.ndarray | None = None) -> None:
     """Write the cell of ``spec`` into ``canvas`` (uint8 [T, H, W], 0/255) and, when given, its
-    scores into ``scores`` (uint8 [T, H, W], see :func:`to_scores`).
+    scores into ``scores`` (uint8 [T, H, W], see ``engines.arrays.to_scores``).
 
     ``margins``: float32 [T, window, window] foreground-minus-background logits of the window;
     a pixel is foreground where its margin is > 0.
     """
-    y0, y1, x0, x1 = spec.cell
-    cy, cx = spec.crop
-    cell = margins[:, cy:cy + (y1 - y0), cx:cx + (x1 - x0)]
-    canvas[:, y0:y1, x0:x1] = np.where(cell > 0, np.uint8(255), np.uint8(0))
+    stitch_windows(canvas, [spec], margins[None], list(range(len(margins))), scores)
+
+
+def stitch_windows(canvas: np.ndarray, specs: Sequence[WindowSpec], outputs, channels: list[int],
+                   scores: np.ndarray | None = None, arrays: Arrays = HOST) -> None:
+    """Centre crops of a batch: each window's cell of ``channels`` into ``canvas`` (and ``scores``).
+
+    ``outputs``: margins [B, T', window, window] as ``arrays`` arrays (host numpy, or a runner's
+    device tensors: then only the uint8 cells cross to the host, in one transfer per batch)."""
+    cells = []
+    for i, spec in enumerate(specs):
+        y0, y1, x0, x1 = spec.cell
+        cy, cx = spec.crop
+        cells.append(outputs[i][:, cy:cy + (y1 - y0), cx:cx + (x1 - x0)][channels])
+    for spec, mask in zip(specs, arrays.masks(cells)):
+        y0, y1, x0, x1 = spec.cell
+        canvas[:, y0:y1, x0:x1] = mask
     if scores is not None:
-        scores[:, y0:y1, x0:x1] = to_scores(cell)
-
-
-def to_scores(margins: np.ndarray) -> np.ndarray:
-    """uint8 scores of float margins: 1 + round(254 * sigmoid(margin)), so 1..255 (0 stays "not
-    inferred"); foreground margins (> 0) score at least 128. For ranking tissues against each other."""
-    probability = 1.0 / (1.0 + np.exp(-np.clip(margins, -60.0, 60.0, dtype=np.float32)))
-    return (1.0 + np.rint(254.0 * probability)).astype(np.uint8)
+        for spec, score in zip(specs, arrays.scores(cells)):
+            y0, y1, x0, x1 = spec.cell
+            scores[:, y0:y1, x0:x1] = score
 
 
 def importance_map(window: int, sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
@@ -70,10 +83,11 @@ class Blender:
     """
 
     def __init__(self, plan: GroupPlan, channels: int, bands: Iterable[int],
-                 sigma_fraction: float = SIGMA_FRACTION, keep_weights: bool = False) -> None:
+                 sigma_fraction: float = SIGMA_FRACTION, keep_weights: bool = False, arrays: Arrays = HOST) -> None:
         self.plan = plan
         self.channels = channels
-        self.weights = importance_map(plan.window, sigma_fraction)
+        self.arrays = arrays
+        self.weights = arrays.asarray(importance_map(plan.window, sigma_fraction))
         self.reach = math.ceil((plan.overlap // 2) / (plan.window - plan.overlap))
         self.cells = {spec.t_rc: spec.cell for b in set(bands) for spec in plan.bands[b]}
         self.sums: dict[tuple[int, int], np.ndarray] = {}
@@ -86,7 +100,7 @@ class Blender:
         return sorted({n for b in bands for n in range(max(0, b - self.reach), min(rows, b + self.reach + 1))})
 
     def add(self, spec: WindowSpec, margins: np.ndarray) -> None:
-        """Accumulate ``margins`` (float32 [T, window, window]) of the window ``spec``."""
+        """Accumulate ``margins`` ([T, window, window], ``arrays`` kind) of the window ``spec``."""
         wy = spec.cell[0] - spec.crop[0]
         wx = spec.cell[2] - spec.crop[1]
         r, c = spec.t_rc
@@ -102,9 +116,9 @@ class Blender:
                     continue
                 total = self.sums.get((rr, cc))
                 if total is None:
-                    total = self.sums[(rr, cc)] = np.zeros((self.channels, y1 - y0, x1 - x0), np.float32)
+                    total = self.sums[(rr, cc)] = self.arrays.zeros((self.channels, y1 - y0, x1 - x0))
                     if self.keep_weights:
-                        self.weight_sums[(rr, cc)] = np.zeros((y1 - y0, x1 - x0), np.float32)
+                        self.weight_sums[(rr, cc)] = self.arrays.zeros((y1 - y0, x1 - x0))
                 rows, cols = slice(top - wy, bottom - wy), slice(left - wx, right - wx)
                 here = (slice(top - y0, bottom - y0), slice(left - x0, right - x0))
                 total[(slice(None), *here)] += margins[:, rows, cols] * self.weights[rows, cols]
@@ -114,12 +128,15 @@ class Blender:
     def finish(self, canvas: np.ndarray, band: int, scores: np.ndarray | None = None) -> None:
         """Threshold band ``band``'s accumulated cells into ``canvas`` (uint8 [T, H, W], 0/255),
         their weighted mean margins into ``scores`` when given (needs ``keep_weights``; see
-        :func:`to_scores`), and free them. Call once every window of the bands it needs was added."""
-        for spec in self.plan.bands[band]:
-            total = self.sums.pop(spec.t_rc, None)
-            if total is None:  # not one of this blender's bands
-                continue
+        ``engines.arrays.to_scores``), and free them. Call once every window of the bands it needs was added.
+        The band's masks (and scores) cross to the host in one transfer."""
+        specs = [spec for spec in self.plan.bands[band] if spec.t_rc in self.sums]  # this blender's cells
+        totals = [self.sums.pop(spec.t_rc) for spec in specs]
+        for spec, mask in zip(specs, self.arrays.masks(totals)):
             y0, y1, x0, x1 = spec.cell
-            canvas[:, y0:y1, x0:x1] = np.where(total > 0, np.uint8(255), np.uint8(0))
-            if scores is not None:
-                scores[:, y0:y1, x0:x1] = to_scores(total / self.weight_sums.pop(spec.t_rc))
+            canvas[:, y0:y1, x0:x1] = mask
+        if scores is not None:
+            means = [total / self.weight_sums.pop(spec.t_rc) for spec, total in zip(specs, totals)]
+            for spec, score in zip(specs, self.arrays.scores(means)):
+                y0, y1, x0, x1 = spec.cell
+                scores[:, y0:y1, x0:x1] = score
