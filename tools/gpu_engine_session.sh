@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (PyTorch + CUDA there, no TensorRT, no network), from the repo root,
+# for the compiled GPU engine (issue 14) and the pipeline that feeds it (issue 15):
+#   1. eager vs compiled fp16 torch engines alone: cold build / warm open, Dice vs ONNX Runtime fp32,
+#      windows/s at batch 1 8 32 64 with the host copy of the output apart (benchmarks/bench_torch_engine.py);
+#   2. segments the bundled sample slide end to end with the compiled engine (batch 32), blended and
+#      centre crops, against the same engine alone (benchmarks/bench_segment.py).
+# MAX_AUTOTUNE=1 adds max-autotune at batch 32 (about 5 minutes of tuning on an H200).
+# Needs, carried beside the tree: .whl/ (openslide-python, openslide-bin, shapely wheels for cp312)
+# and .gpu/shared/data/kidney_patches (a copy of ../shared/data/kidney_patches).
+#   tools/gpu_engine_session.sh OUT_DIR
+set -uo pipefail
+out=${1:?usage: tools/gpu_engine_session.sh OUT_DIR}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD OMNISEG_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -c "import openslide, torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+
+modes="default"; [ "${MAX_AUTOTUNE:-0}" = 1 ] && modes="default max-autotune"
+timeout "${BENCH_SECONDS:-330}" python3 benchmarks/bench_torch_engine.py --device cuda --modes $modes \
+    --threads 16 2>&1 | tee "$out/torch_engine.log"
+cp benchmarks/results/torch_engine_cuda.json "$out/" 2>/dev/null
+
+python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend torch --precision fp16 --device cuda \
+    --compile default --out /tmp/engine-compiled >"$out/build.log" 2>&1 || tail -5 "$out/build.log"
+cp /tmp/engine-compiled/manifest.json "$out/engine-compiled-manifest.json" 2>/dev/null
+timeout "${SEGMENT_SECONDS:-200}" python3 benchmarks/bench_segment.py --engine /tmp/engine-compiled --skip-rss \
+    --blends gaussian none --readers 8 2>&1 | tee "$out/segment.log"
+cp benchmarks/results/segment_CMU-1-Small-Region.json "$out/" 2>/dev/null
+exit 0
