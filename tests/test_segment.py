@@ -166,7 +166,19 @@ def test_bad_arguments_fail_before_any_work(demo_engine, tmp_path):
         segment(tmp_path / "no-such.svs", engine=demo_engine, out=tmp_path)
     with pytest.raises(InvalidInputError, match="overlap"):
         segment(CMU, engine=demo_engine, out=tmp_path, overlap=7)
+    with pytest.raises(InvalidInputError, match="--read-with 'forks': choose threads or processes"):
+        segment(CMU, engine=demo_engine, out=tmp_path, read_with="forks")
     assert not (tmp_path / "CMU-1-Small-Region").exists()
+
+
+def test_reading_processes_give_the_outputs_of_reading_threads(demo_engine, cmu_10x, tmp_path):
+    [result] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="10x", read_with="processes", readers=2)
+    assert result.status == "done", result.reason
+    a, _, _ = _mask(cmu_10x / "mask_10x.ome.tif")
+    b, _, _ = _mask(tmp_path / "CMU-1-Small-Region" / "mask_10x.ome.tif")
+    assert np.array_equal(a, b)
+    for name in ("objects.geojson", "summary.json"):
+        assert (cmu_10x / name).read_bytes() == (tmp_path / "CMU-1-Small-Region" / name).read_bytes(), name
 
 
 def _mask(path):

@@ -33,7 +33,10 @@ def segment(
         help="Also write one tissue label per pixel (labels.ome.tif, objects_exclusive.geojson), merged as the "
              "original Omni-Seg pipeline does.")] = False,
     batch: Annotated[Optional[int], typer.Option(help="Windows per engine call (default: the engine's).")] = None,
-    readers: Annotated[int, typer.Option(help="Slide-reading threads.")] = 2,
+    readers: Annotated[int, typer.Option(help="Windows read at once (threads or processes).")] = 2,
+    read_with: Annotated[str, typer.Option(
+        help="threads (enough for CPU engines) or processes (each with its own slide handle: feeds a GPU engine; "
+             "OpenSlide stops scaling at 6-8 threads).")] = "threads",
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
     force: Annotated[bool, typer.Option(
         help="Redo slides already complete, for exactly this request (outputs it does not list are removed).")] = False,
@@ -48,9 +51,10 @@ def segment(
     """Segment whole slides for every tissue type at its own magnification."""
     from omniseg_rt.runtime.segment import check_request
 
-    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine, blend=blend)
+    check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine, blend=blend,
+                  read_with=read_with)
     options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend, exclusive=exclusive,
-                   batch=batch, readers=readers, resume=resume, force=force, wait=wait)
+                   batch=batch, readers=readers, read_with=read_with, resume=resume, force=force, wait=wait)
     if ray is not None:
         options.update(address=ray, worker_cpus=worker_cpus)
     elif worker_cpus is not None:

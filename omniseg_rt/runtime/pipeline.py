@@ -8,6 +8,7 @@ engine exactly the batches an uninterrupted one does and its outputs are identic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from omniseg_rt.fileutil import atomic_write_text, io_errors, sha256_file
 from omniseg_rt.outputs import read_mask_into
 from omniseg_rt.runtime.finish import remove_temp_files, remove_unlisted_outputs, write_outputs
 from omniseg_rt.slide.plan import GroupPlan, plan_group, too_coarse
-from omniseg_rt.runtime.readers import Prefetcher
+from omniseg_rt.runtime.readers import Prefetcher, ReadProcesses
 from omniseg_rt.runtime.request import decide, request_of
 from omniseg_rt.runtime.settings import SegmentSettings
 from omniseg_rt.runtime.stitch import Blender, stitch_windows
@@ -78,7 +79,9 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
     settings = replace(settings, tissues=decision.tissues, exclusive=settings.exclusive or decision.exclusive)
     wall = time.perf_counter()
     seconds = {"tissue": 0.0, "read": 0.0, "infer": 0.0, "stitch": 0.0, "write": 0.0}
-    with open_slide(path, settings.mpp) as reader:
+    # reading processes start up while the parent detects tissue
+    processes = ReadProcesses(path, settings.mpp, settings.readers) if settings.read_with == "processes" else None
+    with open_slide(path, settings.mpp) as reader, processes or contextlib.nullcontext():
         g = reader.geometry
         start = time.perf_counter()
         tissue_mpp = max(TISSUE_MPP, g.mpp)
@@ -122,7 +125,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
             if todo:
                 runner, channels = _runner_for(engine, plan.group, tasks)
                 _run_group(plan, todo, reader, runner, channels, canvas, scores.get(plan.group), store, settings,
-                           seconds, progress)
+                           seconds, progress, processes)
         start = time.perf_counter()
         picture = reader.thumbnail(max(g.mpp, max(g.l0_size) * g.mpp / OVERLAY_SIDE))
         (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
@@ -190,7 +193,7 @@ def _reuse_group(slide_dir: Path, plan: GroupPlan, tasks: tuple[int, ...], canva
 
 def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, channels: list[int], canvas,
                scores, store: WorkStore, settings: SegmentSettings, seconds: dict,
-               progress: Callable[[int], None]) -> None:
+               progress: Callable[[int], None], processes: ReadProcesses | None = None) -> None:
     """Read, infer and stitch the ``bands`` of ``plan``, journalling each band when it is on disk
     (``scores``: the group's score canvas, or None when no exclusive label map is wanted).
 
@@ -216,7 +219,8 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         specs = plan.bands[b]
         chunks = [specs[i:i + settings.batch] for i in range(0, len(specs), settings.batch)]
         batches.extend((b, chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks))
-    prefetch = Prefetcher(reader, settings.readers, ahead=settings.batch * (IN_FLIGHT + 1))
+    ahead = max(settings.batch * (IN_FLIGHT + 1), 2 * settings.readers)
+    prefetch = processes.prefetcher(ahead) if processes else Prefetcher(reader, settings.readers, ahead)
     flight: deque = deque()
 
     def band_added(band: int) -> None:

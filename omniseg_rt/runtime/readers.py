@@ -1,27 +1,48 @@
-"""Reading windows on threads (OpenSlide releases the GIL) with a bounded read-ahead."""
+"""Reading windows with a bounded read-ahead: on threads of this process (OpenSlide releases the
+GIL) or on worker processes that each open the slide themselves.
+
+Threads are the default and enough while the engine is the bottleneck (a CPU engine). OpenSlide
+stops scaling at 6-8 threads of one process (decoding, resizing and its caches contend), so a fast
+GPU engine is fed by ``ReadProcesses``: spawned workers (not forked: the parent holds threads and
+GPU state), each with its own slide handle, returning windows through the pool's pipes.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 
+from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.slide.plan import WindowSpec, read_window
+
+READ_WITH = ("threads", "processes")
+
+
+class ReadWorkerError(InvalidInputError):
+    """A reading process died (crashed, killed, out of memory) while reading a slide."""
 
 
 class Prefetcher:
-    """Reads ``specs`` in order on ``threads`` threads, at most ``ahead`` windows ahead.
+    """Reads ``specs`` in order, at most ``ahead`` windows ahead, on ``threads`` threads reading
+    ``reader`` (or through ``submit``: spec -> a future of (pixels, seconds)).
 
     Iterating yields (spec, pixels) in the order given; ``seconds`` sums the reading time of
-    all threads. Memory: ``ahead`` windows at most, whatever the slide's size.
+    all readers. Memory: ``ahead`` windows at most, whatever the slide's size.
     """
 
-    def __init__(self, reader, threads: int, ahead: int) -> None:
+    def __init__(self, reader, threads: int, ahead: int,
+                 submit: Callable[[WindowSpec], Future] | None = None, describe: str = "") -> None:
         self.reader, self.ahead = reader, max(1, ahead)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="omniseg-read")
+        self.pool = None if submit else ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="omniseg-read")
+        self._submit = submit or (lambda spec: self.pool.submit(self._timed, spec))
+        self.describe = describe
         self.seconds = 0.0
 
     def _timed(self, spec: WindowSpec) -> tuple[np.ndarray, float]:
@@ -32,18 +53,66 @@ class Prefetcher:
     def iterate(self, specs: Iterable[WindowSpec]) -> Iterator[tuple[WindowSpec, np.ndarray]]:
         pending: deque = deque()
         source = iter(specs)
-        for spec in source:
-            pending.append((spec, self.pool.submit(self._timed, spec)))
-            if len(pending) >= self.ahead:
-                break
-        while pending:
-            spec, future = pending.popleft()
-            pixels, seconds = future.result()
-            self.seconds += seconds
-            nxt = next(source, None)
-            if nxt is not None:
-                pending.append((nxt, self.pool.submit(self._timed, nxt)))
-            yield spec, pixels
+        try:
+            for spec in source:
+                pending.append((spec, self._submit(spec)))
+                if len(pending) >= self.ahead:
+                    break
+            while pending:
+                spec, future = pending.popleft()
+                pixels, seconds = future.result()
+                self.seconds += seconds
+                nxt = next(source, None)
+                if nxt is not None:
+                    pending.append((nxt, self._submit(nxt)))
+                yield spec, pixels
+        except BrokenProcessPool as exc:
+            raise ReadWorkerError(f"{self.describe}: a reading process died ({exc}); the bands finished so far are "
+                                  "kept: run the same command again to resume (with --read-with threads if it "
+                                  "happens again)") from None
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_READER = None  # the slide handle of a reading process
+
+
+def _open_in_worker(path: str, mpp: float | None) -> None:
+    global _WORKER_READER
+    from omniseg_rt.slide import open_slide
+
+    _WORKER_READER = open_slide(Path(path), mpp)
+
+
+def _read_in_worker(spec: WindowSpec) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    pixels = read_window(_WORKER_READER, spec)
+    return pixels, time.perf_counter() - start
+
+
+class ReadProcesses:
+    """``processes`` spawned workers reading one slide (opened once in each); started at once, so
+    they start up while the parent detects tissue. ``prefetcher(ahead)`` reads through them."""
+
+    def __init__(self, path: str | Path, mpp: float | None, processes: int) -> None:
+        self.path = Path(path)
+        self.pool = ProcessPoolExecutor(max_workers=max(1, processes), mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_open_in_worker, initargs=(str(self.path), mpp))
+
+    def prefetcher(self, ahead: int) -> Prefetcher:
+        return Prefetcher(None, 0, ahead, submit=lambda spec: self.pool.submit(_read_in_worker, spec),
+                          describe=str(self.path))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ReadProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,6 +20,7 @@ from omniseg_rt.runtime.finish import remove_temp_files
 from omniseg_rt.runtime.pipeline import SlideResult, run_slide
 from omniseg_rt.runtime.request import read_complete_manifest
 from omniseg_rt.runtime.settings import DEFAULT_BLEND, DEFAULT_OVERLAP, SegmentSettings
+from omniseg_rt.runtime.readers import READ_WITH
 from omniseg_rt.runtime.stitch import BLEND_MODES
 from omniseg_rt.slide import find_slides, slide_name
 from omniseg_rt.tissues import SCALE_GROUPS, parse_tissues
@@ -38,6 +39,7 @@ def segment(
     exclusive: bool = False,
     batch: int | None = None,
     readers: int = 2,
+    read_with: str = "threads",
     window: int | None = None,
     group_mpp: dict[str, float] | None = None,
     resume: bool = True,
@@ -54,7 +56,8 @@ def segment(
     5x 2.0, 10x 1.0, 40x 0.25); ``overlap``/``window``: group pixels; ``blend``: how overlapping
     windows combine, "gaussian" (default) or "none" (centre crops); ``exclusive``: also write one
     label per pixel across tissues (labels.ome.tif, objects_exclusive.geojson); ``batch``: windows per
-    engine call (default: the engine profile's). A slide already complete for this request is
+    engine call (default: the engine profile's); ``readers`` windows are read at once, on threads
+    or (``read_with="processes"``) worker processes, which a GPU engine needs to stay busy. A slide already complete for this request is
     skipped; missing tissues are added; a slide complete for other settings fails unless
     ``force`` (which redoes it for exactly this request).
 
@@ -68,7 +71,7 @@ def segment(
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  engine=engine, blend=blend)
+                  engine=engine, blend=blend, read_with=read_with)
     with output_folder(out, wait) as out_root:
         own = not isinstance(engine, Engine)
         if engine is None:
@@ -78,8 +81,8 @@ def segment(
         try:
             settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend,
                                      exclusive=exclusive, batch=batch,
-                                     readers=readers, window=window, group_mpp=group_mpp, resume=resume,
-                                     force=force)
+                                     readers=readers, read_with=read_with, window=window, group_mpp=group_mpp,
+                                     resume=resume, force=force)
             results = []
             for index, path in enumerate(paths):
                 notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
@@ -108,7 +111,7 @@ MPP_RANGE = (0.05, 100.0)
 
 
 def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None,
-                  blend=None) -> None:
+                  blend=None, read_with="threads") -> None:
     """Raise :class:`UsageError` for option values that cannot work, before anything else happens
     (``engine``: a path or an open engine, whose window bounds the overlap)."""
     if isinstance(tissues, str) or tissues is None:
@@ -125,6 +128,8 @@ def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, w
                              ("--window", window, 64)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name} {value}: must be a whole number >= {low}")
+    if read_with not in READ_WITH:
+        raise UsageError(f"--read-with {read_with!r}: choose {' or '.join(READ_WITH)}")
     if blend is not None and blend not in BLEND_MODES:
         raise UsageError(f"--blend {blend!r}: choose {' or '.join(BLEND_MODES)}")
     if overlap is not None and overlap % 2:
@@ -177,10 +182,10 @@ def _one_line(exc: BaseException, path: Path) -> str:
 
 def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None, batch=None, readers=2,
                   window=None, group_mpp=None, resume=True, force=False, blend=None,
-                  exclusive=False) -> SegmentSettings:
+                  exclusive=False, read_with="threads") -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  blend=blend)
+                  blend=blend, read_with=read_with)
     if tissues is None or isinstance(tissues, str):
         task_ids = tuple(t.task_id for t in parse_tissues("all" if tissues is None else tissues))
     else:
@@ -195,6 +200,7 @@ def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None
         overlap=DEFAULT_OVERLAP if overlap is None else overlap, blend=DEFAULT_BLEND if blend is None else blend,
         exclusive=bool(exclusive),
         batch=batch if batch is not None else int(manifest.profile.get("batch_opt", 4)), readers=readers,
+        read_with=read_with,
         resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
         raise UsageError(f"window {settings.window}: must be a multiple of 16, at least 64")

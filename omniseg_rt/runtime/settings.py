@@ -17,7 +17,8 @@ DEFAULT_BLEND = "gaussian"
 class SegmentSettings:
     """``tissues``: task ids; ``mpp``: the slides' pixel size override (um/px); ``group_mpp``:
     each scale group's target pixel size; ``window``/``overlap`` in group pixels; ``batch``:
-    windows per engine call; ``readers``: reading threads; ``blend``: "gaussian" (weighted mean of
+    windows per engine call; ``readers``: how many read windows, ``read_with`` "threads" (of this
+    process) or "processes" (workers, each with its own slide handle: to feed a GPU); ``blend``: "gaussian" (weighted mean of
     the overlapping windows' margins) or "none" (each window's centre cell only); ``exclusive``:
     also write one label per pixel across tissues (``outputs/exclusive.py``)."""
 
@@ -30,6 +31,7 @@ class SegmentSettings:
     exclusive: bool = False
     batch: int = 4
     readers: int = 2
+    read_with: str = "threads"
     resume: bool = True
     force: bool = False
 
