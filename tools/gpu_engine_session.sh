@@ -25,6 +25,6 @@ python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend torch --pre
     --compile default --out /tmp/engine-compiled >"$out/build.log" 2>&1 || tail -5 "$out/build.log"
 cp /tmp/engine-compiled/manifest.json "$out/engine-compiled-manifest.json" 2>/dev/null
 timeout "${SEGMENT_SECONDS:-200}" python3 benchmarks/bench_segment.py --engine /tmp/engine-compiled --skip-rss \
-    --blends gaussian none --readers 8 2>&1 | tee "$out/segment.log"
+    --blends gaussian none --readers 8 --read-with threads processes 2>&1 | tee "$out/segment.log"
 cp benchmarks/results/segment_CMU-1-Small-Region.json "$out/" 2>/dev/null
 exit 0
