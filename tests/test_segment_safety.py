@@ -315,3 +315,44 @@ def test_a_full_disk_or_read_only_out_fails_clearly_and_a_rerun_completes(demo_e
     assert "crop: skipped" in (host / "second.err").read_text()
     _same_outputs(host / "out" / NAME, cmu_10x)
     assert {r["slide"]: r["status"] for r in _rows(host / "out" / "summary.csv")} == {NAME: "done", "crop": "done"}
+
+
+def test_overlapped_slides_match_one_at_a_time_and_survive_kill_minus_9(demo_engine, cmu_10x, tmp_path):
+    """A folder of three slides (and one that fails: too coarse for 10x): each slide's outputs
+    are written while the next is computed. They equal the outputs of segmenting each slide
+    alone; killed (-9) in the middle of the second slide and resumed: the same outputs again, the
+    first slide skipped."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    names = [NAME, "cmu-copy", "cmu-third"]
+    for name in names:
+        shutil.copy(CMU, folder / f"{name}.svs")
+    shutil.copytree(DICOM, folder / DICOM.name)
+    alone = {NAME: cmu_10x}
+    for name in names[1:]:
+        [result] = segment(folder / f"{name}.svs", engine=demo_engine, out=tmp_path / "alone", tissues="10x")
+        assert result.status == "done", result.reason
+        alone[name] = tmp_path / "alone" / name
+
+    results = segment(folder, engine=demo_engine, out=tmp_path / "together", tissues="10x")
+    assert [(r.slide, r.status) for r in results] == [*((n, "done") for n in names), (DICOM.name, "failed")]
+    for name in names:
+        _same_outputs(tmp_path / "together" / name, alone[name])
+
+    out = tmp_path / "killed"
+    args = ("segment", str(folder), "--engine", str(demo_engine), "--out", str(out), "--tissues", "10x")
+    process = _start(*args)
+    second = out / "cmu-copy" / ".work" / "journal.jsonl"
+    _wait_for(lambda: (out / NAME / "manifest.json").exists() and second.exists()
+              and second.read_text().count("\n") >= 1, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "cmu-copy" / "manifest.json").exists()
+    resumed = run_cli(*args, "--json")
+    assert resumed.returncode == 3, resumed.stderr  # the DICOM slide fails again
+    statuses = {r["slide"]: r["status"] for r in json.loads(resumed.stdout)}
+    assert statuses == {NAME: "skipped", "cmu-copy": "done", "cmu-third": "done", DICOM.name: "failed"}
+    assert json.loads((out / "cmu-copy" / "manifest.json").read_text())["resumed"] is True
+    for name in names:
+        _same_outputs(out / name, alone[name])
+    assert [row["slide"] for row in _rows(out / "summary.csv")] == [*names, DICOM.name]

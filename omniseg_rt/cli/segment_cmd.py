@@ -116,7 +116,7 @@ def _run(slides, quiet: bool = False, **options):
     bars = not quiet and err_console.is_terminal  # no bars in --json runs, pipes and log files
     with Progress(*columns, console=err_console, disable=not bars, transient=True) as progress:
         overall = progress.add_task("slides", total=None, info="")
-        current = {"task": None, "start": 0.0, "base": 0}
+        current: dict[str, dict] = {}  # slide -> its bar (the next slide computes while one is written)
 
         def show(event: dict) -> None:
             import time
@@ -127,18 +127,21 @@ def _run(slides, quiet: bool = False, **options):
             elif kind == "slide":
                 progress.update(overall, total=event["slides"], completed=event["index"], info="")
             elif kind == "slide_start":
-                current.update(task=progress.add_task(event["slide"], total=event["windows"], info=""),
-                               start=time.perf_counter(), base=None)
-            elif kind == "windows" and current["task"] is not None:
-                if current["base"] is None:  # windows done before a resume do not count for the rate
-                    current["base"] = event["done"] - 1
-                rate = (event["done"] - current["base"]) / max(1e-9, time.perf_counter() - current["start"])
-                progress.update(current["task"], completed=event["done"], info=f"{rate:.2f} windows/s")
+                current[event["slide"]] = {"task": progress.add_task(event["slide"], total=event["windows"], info=""),
+                                           "start": time.perf_counter(), "base": None}
+            elif kind == "windows" and event["slide"] in current:
+                bar = current[event["slide"]]
+                if bar["base"] is None:  # windows done before a resume do not count for the rate
+                    bar["base"] = event["done"] - 1
+                rate = (event["done"] - bar["base"]) / max(1e-9, time.perf_counter() - bar["start"])
+                progress.update(bar["task"], completed=event["done"], info=f"{rate:.2f} windows/s")
+                if event["done"] == event["total"]:
+                    progress.update(bar["task"], info="writing outputs")
             elif kind == "slide_done":
                 progress.advance(overall)
-                if current["task"] is not None:
-                    progress.remove_task(current["task"])
-                    current["task"] = None
+                bar = current.pop(event["slide"], None)
+                if bar is not None:
+                    progress.remove_task(bar["task"])
                 reason = f": {event['reason']}" if event.get("reason") else ""
                 style = "red" if event["status"] == "failed" else None
                 progress.console.print(f"{event['slide']}: {event['status']}{reason}", style=style, markup=False,

@@ -1,5 +1,7 @@
-"""One slide through the engine: tissue -> plan -> read (threads) -> infer (in flight) -> stitch
-(on-disk canvas, journalled bands) -> outputs. The only module that knows all of them.
+"""One slide through the engine: tissue -> plan -> read (threads or processes) -> infer (in
+flight) -> stitch (on-disk canvas, journalled bands) -> outputs. The only module that knows all of
+them. Computing (:func:`compute_slide`) and writing (:class:`PendingWrite`) are separate steps, so
+that a multi-slide run writes one slide's outputs while the engine computes the next.
 
 Memory stays flat: windows in flight and read ahead are bounded, the canvases are memory-mapped
 files, and the writers stream them. Batches never straddle bands, so a resumed run feeds the
@@ -67,6 +69,54 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
     records it), returns the result otherwise. What is done depends on the slide's earlier
     outputs (``runtime.request``): skipped when complete for this request, missing tissues added,
     other settings refused unless ``settings.force``."""
+    outcome = compute_slide(path, engine, out_root, settings, notify)
+    return outcome if isinstance(outcome, SlideResult) else outcome.write()
+
+
+@dataclass
+class PendingWrite:
+    """A slide whose every band is computed and journalled: :meth:`write` turns its canvases into
+    the outputs and the manifest that marks it complete. It needs neither the engine nor the slide
+    handle, so a multi-slide run writes one slide while the engine computes the next; killed in
+    between, a resumed run finds every band journalled and only writes."""
+
+    name: str
+    path: Path
+    slide_dir: Path
+    manifest_base: dict[str, Any]
+    geometry: Any
+    plans: list
+    canvases: dict
+    scores: dict
+    picture: np.ndarray
+    tissue: np.ndarray
+    tissue_mpp: float
+    warnings: list[str]
+    store: WorkStore
+    seconds: dict[str, float]
+    reason: str | None
+
+    def write(self) -> SlideResult:
+        start = time.perf_counter()
+        slide_dir = self.slide_dir
+        (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
+        outputs, summary = write_outputs(slide_dir, self.geometry, self.plans, self.canvases, self.picture, self.tissue,
+                                         self.tissue_mpp, self.warnings, scores=self.scores, work_dir=self.store.folder)
+        remove_unlisted_outputs(slide_dir, outputs)
+        seconds = {**self.seconds, "write": time.perf_counter() - start}
+        seconds["total"] = seconds["compute"] + seconds["write"]
+        manifest = {**self.manifest_base, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "outputs": outputs}
+        atomic_write_text(slide_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        self.store.remove()
+        outputs["manifest"] = "manifest.json"
+        return SlideResult(self.name, str(self.path), "done", str(slide_dir), reason=self.reason, outputs=outputs,
+                           summary=summary, seconds=manifest["seconds"], windows=manifest["windows"])
+
+
+def compute_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSettings,
+                  notify: Callable[[dict], None]) -> SlideResult | PendingWrite:
+    """Everything of :func:`run_slide` up to the writing: the skipped slide's result, or its
+    :class:`PendingWrite` once every band is computed and journalled."""
     name = slide_name(path)
     slide_dir = out_root / name
     decision = decide(slide_dir, request_of(settings, engine.manifest), settings.force)
@@ -78,7 +128,7 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         log.info("%s: %s", name, decision.reason)
     settings = replace(settings, tissues=decision.tissues, exclusive=settings.exclusive or decision.exclusive)
     wall = time.perf_counter()
-    seconds = {"tissue": 0.0, "read": 0.0, "infer": 0.0, "stitch": 0.0, "write": 0.0}
+    seconds = {"tissue": 0.0, "read": 0.0, "infer": 0.0, "stitch": 0.0}
     # reading processes start up while the parent detects tissue
     processes = ReadProcesses(path, settings.mpp, settings.readers) if settings.read_with == "processes" else None
     with open_slide(path, settings.mpp) as reader, processes or contextlib.nullcontext():
@@ -128,14 +178,9 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
                            seconds, progress, processes)
         start = time.perf_counter()
         picture = reader.thumbnail(max(g.mpp, max(g.l0_size) * g.mpp / OVERLAY_SIDE))
-        (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
-        outputs, summary = write_outputs(slide_dir, g, plans, canvases, picture, tissue, tissue_mpp, warnings,
-                                         scores=scores, work_dir=store.folder)
-        remove_unlisted_outputs(slide_dir, outputs)
-        seconds["write"] = time.perf_counter() - start
-    seconds["total"] = time.perf_counter() - wall
-    windows = {p.group: p.windows for p, _ in plans}
-    manifest = {
+        seconds["read"] += time.perf_counter() - start  # the overlay's picture
+    seconds["compute"] = time.perf_counter() - wall
+    manifest_base = {
         "format": MANIFEST_FORMAT, "status": "complete", "slide": name, "source": str(path),
         "geometry": {"l0_size": g.l0_size, "mpp": g.mpp, "mpp_source": g.mpp_source, "vendor": g.vendor,
                      "levels": len(g.level_sizes)},
@@ -144,14 +189,10 @@ def run_slide(path: Path, engine: Engine, out_root: Path, settings: SegmentSetti
         "groups": [{"group": p.group, "tissues": list(t), "mpp": p.mpp, "canvas": p.canvas, "window": p.window,
                     "overlap": p.overlap, "windows": p.windows, "cells": p.cells_total,
                     "reused": p.group in decision.reuse} for p, t in plans],
-        "windows": windows, "resumed": store.resumed, "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "outputs": outputs, "warnings": warnings,
+        "windows": {p.group: p.windows for p, _ in plans}, "resumed": store.resumed, "warnings": warnings,
     }
-    atomic_write_text(slide_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    store.remove()
-    outputs["manifest"] = "manifest.json"
-    return SlideResult(name, str(path), "done", str(slide_dir), reason=decision.reason, outputs=outputs,
-                       summary=summary, seconds=manifest["seconds"], windows=windows)
+    return PendingWrite(name, Path(path), slide_dir, manifest_base, g, plans, canvases, scores, picture,
+                        tissue, tissue_mpp, warnings, store, seconds, decision.reason)
 
 
 def _plans(path: Path, name: str, g, settings: SegmentSettings, tissue, tissue_mpp: float,

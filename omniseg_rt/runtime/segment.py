@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from omniseg_rt.fileutil import temp_path
 from omniseg_rt.folder_lock import FolderLock
 from omniseg_rt.outputs import check_summary_csv, update_summary_csv
 from omniseg_rt.runtime.finish import remove_temp_files
-from omniseg_rt.runtime.pipeline import SlideResult, run_slide
+from omniseg_rt.runtime.pipeline import PendingWrite, SlideResult, compute_slide
 from omniseg_rt.runtime.request import read_complete_manifest
 from omniseg_rt.runtime.settings import DEFAULT_BLEND, DEFAULT_OVERLAP, SegmentSettings
 from omniseg_rt.runtime.readers import READ_WITH
@@ -83,21 +84,57 @@ def segment(
                                      exclusive=exclusive, batch=batch,
                                      readers=readers, read_with=read_with, window=window, group_mpp=group_mpp,
                                      resume=resume, force=force)
-            results = []
-            for index, path in enumerate(paths):
-                notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
-                try:
-                    result = run_slide(path, handle, out_root, settings, notify)
-                except (OmnisegError, OSError) as exc:
-                    log.info("%s failed: %s", path, exc)
-                    result = SlideResult(slide_name(path), str(path), "failed", reason=_one_line(exc, path))
-                record(out_root, result)
-                notify({"event": "slide_done", **asdict(result)})
-                results.append(result)
-            return results
+            return _run_slides(paths, handle, out_root, settings, notify)
         finally:
             if own:
                 handle.close()
+
+
+def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: SegmentSettings,
+                notify: Callable[[dict], None]) -> list[SlideResult]:
+    """Compute the slides one after the other; write each one's outputs on a writer thread while
+    the next is computed (two slides in flight at most: one computing, one writing). The writer
+    thread also records every slide's row in ``summary.csv`` (in slide order, right after its
+    outputs: a kill -9 loses no finished slide's row); progress is reported from this thread."""
+    results: list[SlideResult] = []
+
+    def write(path: Path, outcome: SlideResult | PendingWrite) -> SlideResult:
+        if isinstance(outcome, PendingWrite):
+            try:
+                outcome = outcome.write()
+            except (OmnisegError, OSError) as exc:
+                outcome = _failed(path, exc)
+        record(out_root, outcome)
+        return outcome
+
+    def finish(future: Future) -> None:
+        result = future.result()
+        notify({"event": "slide_done", **asdict(result)})
+        results.append(result)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer:
+        writing: Future | None = None
+        try:
+            for index, path in enumerate(paths):
+                notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
+                try:
+                    outcome = compute_slide(path, engine, out_root, settings, notify)
+                except (OmnisegError, OSError) as exc:
+                    outcome = _failed(path, exc)
+                if writing is not None:
+                    done, writing = writing, None
+                    finish(done)
+                writing = writer.submit(write, path, outcome)
+        finally:  # also when interrupted (Ctrl-C) or failing: the slide being written is finished and recorded
+            if writing is not None:
+                done, writing = writing, None
+                finish(done)
+    return results
+
+
+def _failed(path: Path, exc: BaseException) -> SlideResult:
+    log.info("%s failed: %s", path, exc)
+    return SlideResult(slide_name(path), str(path), "failed", reason=_one_line(exc, path))
 
 
 def open_default_engine(notify: Callable[[dict], None]) -> Engine:
