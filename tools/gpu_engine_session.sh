@@ -4,7 +4,10 @@
 #   1. eager vs compiled fp16 torch engines alone: cold build / warm open, Dice vs ONNX Runtime fp32,
 #      windows/s at batch 1 8 32 64 with the host copy of the output apart (benchmarks/bench_torch_engine.py);
 #   2. segments the bundled sample slide end to end with the compiled engine (batch 32), blended and
-#      centre crops, against the same engine alone (benchmarks/bench_segment.py).
+#      centre crops, against the same engine alone (benchmarks/bench_segment.py);
+#   3. a lab's batch: three 20480^2 px slides written from real tissue, segmented with the eager and
+#      the compiled engine, reading on threads and on processes, against each engine alone
+#      (benchmarks/bench_pipeline.py).
 # MAX_AUTOTUNE=1 adds max-autotune at batch 32 (about 5 minutes of tuning on an H200).
 # Needs, carried beside the tree: .whl/ (openslide-python, openslide-bin, shapely wheels for cp312)
 # and .gpu/shared/data/kidney_patches (a copy of ../shared/data/kidney_patches).
@@ -27,4 +30,8 @@ cp /tmp/engine-compiled/manifest.json "$out/engine-compiled-manifest.json" 2>/de
 timeout "${SEGMENT_SECONDS:-200}" python3 benchmarks/bench_segment.py --engine /tmp/engine-compiled --skip-rss \
     --blends gaussian none --readers 8 --read-with threads processes 2>&1 | tee "$out/segment.log"
 cp benchmarks/results/segment_CMU-1-Small-Region.json "$out/" 2>/dev/null
+
+timeout "${PIPELINE_SECONDS:-240}" python3 benchmarks/bench_pipeline.py --readers 8 --read-with threads processes \
+    2>&1 | tee "$out/pipeline.log"
+cp benchmarks/results/pipeline_cuda.json "$out/" 2>/dev/null
 exit 0
