@@ -14,7 +14,7 @@ Engines: ``--engine DIR`` (repeatable); default on a GPU: eager and compiled tor
 the bundled model (batch 32); on a CPU: the default CPU engine.
 
     python benchmarks/bench_pipeline.py [--engine DIR ...] [--slides 3] [--side N] [--readers 8]
-        [--read-with threads processes]
+        [--read-with threads processes] [--before CHECKOUT]
 
 Prints a table and writes benchmarks/results/pipeline_<device>.json.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,8 @@ import json, resource, sys, time
 from omniseg_rt.runtime import segment
 folder, engine, out, readers, read_with = sys.argv[1:6]
 start = time.perf_counter()
-results = segment(folder, engine=engine, out=out, readers=int(readers), read_with=read_with)
+extra = {} if read_with == "threads" else {"read_with": read_with}  # older omniseg-rt: threads only
+results = segment(folder, engine=engine, out=out, readers=int(readers), **extra)
 wall = time.perf_counter() - start
 peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"wall": wall, "peak_rss_mb": peak / 1024, "slides": [
@@ -132,6 +134,8 @@ def main() -> None:
     p.add_argument("--readers", type=int, default=2)
     p.add_argument("--read-with", nargs="+", default=["threads"], choices=["threads", "processes"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--before", type=Path, help="a checkout of an older omniseg-rt: its segment runs too (threads "
+                                                 "reading), side by side in this run")
     args = p.parse_args()
     gpu = torch is not None and torch.cuda.is_available()
     side = args.side or (20480 if gpu else 6144)
@@ -155,9 +159,12 @@ def main() -> None:
             engines.append(build_engine(None, out=tmp / "cpu-default", threads=threads)[0])
         for engine_dir in engines:
             windows, seconds, batch = alone(engine_dir, slides[0], threads)
-            for how in args.read_with:
-                out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(engine_dir), str(tmp / f"seg-{how}"),
-                                      str(args.readers), how], capture_output=True, text=True, cwd=REPO, check=True)
+            variants = [(how, None) for how in args.read_with] + ([("threads", args.before)] if args.before else [])
+            for how, code in variants:
+                env = {**os.environ, "PYTHONPATH": str(code.resolve())} if code else None
+                out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(engine_dir),
+                                      str(tmp / f"seg-{how}-{'before' if code else 'now'}"), str(args.readers), how],
+                                     capture_output=True, text=True, cwd=code or REPO, check=True, env=env)
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 done = [s for s in run["slides"] if s["status"] == "done"]
                 assert len(done) == len(slides), run["slides"]
@@ -165,7 +172,7 @@ def main() -> None:
                 breakdown = {k: round(sum(s["seconds"].get(k, 0.0) for s in done), 2)
                              for k in ("tissue", "read", "infer", "stitch", "write")}
                 rate_alone = windows / seconds
-                row = {"engine": Path(engine_dir).name, "read_with": how, "readers": args.readers, "batch": batch,
+                row = {"engine": Path(engine_dir).name + (" (before)" if code else ""), "read_with": how, "readers": args.readers, "batch": batch,
                        "slides": len(done), "windows": total, "wall_s": round(run["wall"], 2),
                        "windows_per_s": round(total / run["wall"], 2), "alone_windows_per_s": round(rate_alone, 2),
                        "ratio": round(total / run["wall"] / rate_alone, 3), "seconds": breakdown,

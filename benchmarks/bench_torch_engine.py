@@ -138,6 +138,7 @@ def main() -> None:
                    "warm_open": warm_open(path)}
             with open_engine(path, threads=threads) as engine:
                 runner = engine.runners[0]
+                row["batch_invariant"] = runner.batch_invariant
                 got = engine.infer(windows)
                 agreement = compare_margins(list(engine.tissues), reference, got)
                 row["dice_vs_fp32"] = {r["abbrev"]: r["dice"] for r in agreement}

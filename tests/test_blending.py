@@ -115,10 +115,12 @@ def test_seam_rates_count_pairs_across_the_lines():
     assert on == 0.0 and off == pytest.approx(8 / (2 * 7 * 8 - 16))
 
 
-def test_a_blended_group_resumed_after_its_first_band_gives_the_same_bytes(tmp_path):
+@pytest.mark.parametrize("invariant", [False, True])
+def test_a_blended_group_resumed_after_its_first_band_gives_the_same_bytes(tmp_path, invariant):
     """The pipeline's resume path: bands journalled by a first run are not redone, the band before
     the first open one runs again (its contributions were in memory), and the canvas comes out
-    byte-identical to one uninterrupted run, with a window-dependent engine."""
+    byte-identical to one uninterrupted run, with a window-dependent engine. A batch-invariant
+    engine gets full batches across bands (and the same bytes)."""
     from omniseg_rt.engines.base import GraphRunner, GraphSpec
     from omniseg_rt.runtime.pipeline import _run_group
     from omniseg_rt.runtime.settings import SegmentSettings
@@ -131,10 +133,12 @@ def test_a_blended_group_resumed_after_its_first_band_gives_the_same_bytes(tmp_p
 
         def __init__(self) -> None:
             self.spec = GraphSpec("10x", (0,), "10x", 1.0, "-")
-            self.windows = 0
+            self.batch_invariant = invariant
+            self.windows, self.batches = 0, []
 
         def infer(self, images: np.ndarray) -> np.ndarray:
             self.windows += len(images)
+            self.batches.append(len(images))
             red = images[:, :1].astype(np.float32)
             return red - red.mean(axis=(2, 3), keepdims=True)
 
@@ -154,6 +158,8 @@ def test_a_blended_group_resumed_after_its_first_band_gives_the_same_bytes(tmp_p
                            {"read": 0.0, "infer": 0.0, "stitch": 0.0}, lambda n: None)
             assert store.done_bands("10x") == set(bands)
             canvases[name] = (np.array(canvas), runner.windows)
+            partial = sum(size != settings.batch for size in runner.batches)  # bands hold 7 windows
+            assert partial <= len(runs) if invariant else partial > len(runs), runner.batches
     (once, windows_once), (resumed, windows_resumed) = canvases["once"], canvases["resumed"]
     assert once.any() and np.array_equal(once, resumed)
     # the first run journalled bands 0 and 1 (running band 2's windows to finish band 1); the

@@ -74,6 +74,9 @@ class GraphRunner(abc.ABC):
 
     spec: GraphSpec
     arrays: Arrays = HOST  # what submit_device's outputs are (host numpy unless a device keeps them)
+    #: True when a window's output does not depend on the other windows of its batch, to the bit
+    #: (a compiled engine running one padded batch size); the slide pipeline then batches across bands
+    batch_invariant: bool = False
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray:

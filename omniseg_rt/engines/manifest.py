@@ -90,6 +90,8 @@ class EngineManifest:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"format": FORMAT, **asdict(self), "tissues": self.tissues}
+        if data["compiled"] is None:  # engines without it stay readable by the omniseg-rt versions before it
+            del data["compiled"]
         data["graphs"] = [{k: v for k, v in g.items() if v is not None or k in ("scale_group", "nominal_mpp")}
                           for g in data["graphs"]]
         return data

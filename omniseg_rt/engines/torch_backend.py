@@ -12,7 +12,8 @@ a band or slide) is padded to it, a longer one cut into such batches. Fixed shap
 inductor specialise and autotune its kernels; a dynamic batch dimension would compile generic
 kernels (and still specialise batch 1), and any other size would compile again at run time. The
 manifest records the mode, torch and CUDA versions and the device; opening on another says how to
-rebuild. Compiling runs under ``torch.no_grad()`` with parameters that need no gradient (under
+rebuild. Opening checks that a window's result does not depend on its place in the batch (to the
+bit); where it holds (``batch_invariant``) the slide pipeline fills batches across bands. Compiling runs under ``torch.no_grad()`` with parameters that need no gradient (under
 ``torch.inference_mode()`` inductor failed on the model's cached index tensors).
 
 Outputs for the slide pipeline (``submit_device``) stay on the device as tensors; the stitcher
@@ -213,7 +214,21 @@ class TorchRunner(GraphRunner):
             self.batch, self.window = int(compiled["batch"]), int(compiled["window"])
             self._run = torch.compile(self._forward, mode=_INDUCTOR_MODE[compiled["mode"]], dynamic=False)
             with inductor_cache(cache or checkpoint.parent / CACHE), torch.no_grad():
-                self._run(torch.zeros((self.batch, 3, self.window, self.window), dtype=torch.uint8, device=device))
+                self.batch_invariant = self._check_batch_invariant()
+
+    def _check_batch_invariant(self) -> bool:
+        """Compile (or load) the kernels with a probe batch, then run it again rotated by one
+        place: does every window come out the same to the bit wherever it sits in the batch?"""
+        torch = self.torch
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, 256, (self.batch, 3, self.window, self.window), generator=generator,
+                              dtype=torch.uint8).to(self.device)
+        first = self._run(probe)
+        again = self._run(torch.roll(probe, 1, dims=0))
+        same = bool(torch.equal(torch.roll(first, 1, dims=0), again))
+        if not same:
+            log.info("%s: window results depend on their place in the batch; batches stay within bands", self.spec.name)
+        return same
 
     def _forward(self, images):
         """uint8 [B, 3, H, W] on the device -> margins [B, T, H, W] (fp16 engines: fp16, else fp32)."""

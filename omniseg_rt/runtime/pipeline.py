@@ -4,8 +4,9 @@ them. Computing (:func:`compute_slide`) and writing (:class:`PendingWrite`) are 
 that a multi-slide run writes one slide's outputs while the engine computes the next.
 
 Memory stays flat: windows in flight and read ahead are bounded, the canvases are memory-mapped
-files, and the writers stream them. Batches never straddle bands, so a resumed run feeds the
-engine exactly the batches an uninterrupted one does and its outputs are identical.
+files, and the writers stream them. Batches never straddle bands (unless the engine's results do
+not depend on the batch), so a resumed run feeds the engine exactly the batches an uninterrupted
+one does and its outputs are identical.
 """
 
 from __future__ import annotations
@@ -240,8 +241,11 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
 
     Blended: a band is journalled once every window touching it was added, so the windows of the
     bands next to ``bands`` run too (on resume, those of the last journalled band, again: the
-    in-memory sums of its neighbour were lost), always in plan order and the same batches, which
-    keeps a resumed run's bytes identical to an uninterrupted one's."""
+    in-memory sums of its neighbour were lost), always in plan order. Batches hold one band's
+    windows, so a resumed run feeds the engine the same batches as an uninterrupted one and its
+    bytes are identical; a runner whose results do not depend on the batch (``batch_invariant``:
+    a compiled engine, one padded batch size) gets full batches across bands instead, which a GPU
+    needs (bands hold a few windows, its batches tens)."""
     written = (canvas,) if scores is None else (canvas, scores)
     for b in bands:
         if not plan.bands[b]:
@@ -255,11 +259,14 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
     counted = set(todo)
     pending = deque(todo)  # bands not yet journalled, in order
     after = dict(zip(run, [*run[1:], len(plan.bands)]))  # band -> the next band that runs
-    batches = []  # (band, specs, last of its band)
-    for b in run:
-        specs = plan.bands[b]
-        chunks = [specs[i:i + settings.batch] for i in range(0, len(specs), settings.batch)]
-        batches.extend((b, chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks))
+    flat = [(b, spec) for b in run for spec in plan.bands[b]]  # every window to run, in plan order
+    last = {b: i for i, (b, _) in enumerate(flat)}  # band -> index of its last window
+    if runner.batch_invariant:  # full batches across bands: a window's result does not depend on its batch
+        ranges = [(i, min(i + settings.batch, len(flat))) for i in range(0, len(flat), settings.batch)]
+    else:  # per band, so that a resumed run feeds the engine exactly the same batches
+        starts = [0, *(last[b] + 1 for b in run)]
+        ranges = [(i, min(i + settings.batch, end)) for begin, end in zip(starts, starts[1:])
+                  for i in range(begin, end, settings.batch)]
     ahead = max(settings.batch * (IN_FLIGHT + 1), 2 * settings.readers)
     prefetch = processes.prefetcher(ahead) if processes else Prefetcher(reader, settings.readers, ahead)
     flight: deque = deque()
@@ -275,28 +282,29 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
             store.mark_done(plan.group, done, *written)
 
     def collect() -> None:
-        band, specs, last, ticket = flight.popleft()
+        begin, end, ticket = flight.popleft()
         start = time.perf_counter()
         margins = ticket.result()
         seconds["infer"] += time.perf_counter() - start
         start = time.perf_counter()
+        specs = [spec for _, spec in flat[begin:end]]
         if blender is None:
             stitch_windows(canvas, specs, margins, channels, scores, runner.arrays)
         else:
             for spec, window in zip(specs, margins):
                 blender.add(spec, window[channels])
-        if last:
-            band_added(band)
+        for band in dict.fromkeys(b for b, _ in flat[begin:end]):  # bands whose last window is in this batch
+            if begin <= last[band] < end:
+                band_added(band)
         seconds["stitch"] += time.perf_counter() - start
-        if band in counted:
-            progress(len(specs))
+        progress(sum(1 for b, _ in flat[begin:end] if b in counted))
 
     try:
-        windows = prefetch.iterate(spec for _, specs, _ in batches for spec in specs)
-        for band, specs, last in batches:
-            pixels = np.stack([next(windows)[1] for _ in specs])
+        windows = prefetch.iterate(spec for _, spec in flat)
+        for begin, end in ranges:
+            pixels = np.stack([next(windows)[1] for _ in range(begin, end)])
             start = time.perf_counter()
-            flight.append((band, specs, last, runner.submit_device(pixels)))
+            flight.append((begin, end, runner.submit_device(pixels)))
             seconds["infer"] += time.perf_counter() - start
             if len(flight) >= IN_FLIGHT:
                 collect()
