@@ -10,7 +10,7 @@ network passes per 4096x4096 40x region vs the original pipeline.
    group's tissues at once) vs the original's 1,917.
 
     python benchmarks/bench_segment.py [--engine DIR] [--threads 2] [--slide PATH --mpp X] [--blends gaussian none]
-                                       [--readers N] [--read-with threads processes]
+                                       [--readers N] [--read-with threads processes] [--write-processes 0 2]
                                        [--only-rss]
 """
 
@@ -91,13 +91,13 @@ def _timed(fn) -> float:
 
 
 def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | None, readers: int = 2,
-               blend: str | None = None, read_with: str = "threads") -> dict:
+               blend: str | None = None, read_with: str = "threads", write_processes: int | None = None) -> dict:
     """Segment ``slide`` (all tissues, ``blend``: segment's default when None; windows read on
     ``readers`` threads or processes); time the same windows through the runners alone (warm)."""
     with open_engine(engine_dir, threads=threads) as engine:
         start = time.perf_counter()
-        [result] = segment(slide, engine=engine, out=tmp / f"seg-{blend}-{read_with}", mpp=mpp, readers=readers,
-                           blend=blend, read_with=read_with)
+        [result] = segment(slide, engine=engine, out=tmp / f"seg-{blend}-{read_with}-{write_processes}", mpp=mpp, readers=readers,
+                           blend=blend, read_with=read_with, write_processes=write_processes)
         wall = time.perf_counter() - start
         assert result.status == "done", result.reason
         settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
@@ -112,6 +112,7 @@ def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | No
             alone = engine_alone_seconds(engine, plans, reader, settings["batch"])
     windows = sum(result.windows.values())
     return {"slide": slide.name, "readers": readers, "read_with": read_with, "blend": settings["blend"],
+            "write_processes": settings["write_processes"],
             "windows": result.windows,
             "wall_seconds": wall,
             "windows_per_second": windows / wall, "engine_alone_seconds": alone,
@@ -144,13 +145,16 @@ def main() -> None:
     p.add_argument("--readers", type=int, default=2, help="segment's readers (threads or processes)")
     p.add_argument("--read-with", nargs="+", default=["threads"], choices=["threads", "processes"],
                    help="reading on threads and/or processes, one run each")
+    p.add_argument("--write-processes", type=int, nargs="+", default=[None],
+                   help="polygon-tracing processes, one run each (default: segment's)")
     p.add_argument("--blends", nargs="+", default=["gaussian"], help="stitching modes to run, one after the other")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         engine_dir = args.engine or build_engine(None, out=tmp / "engine", threads=args.threads)[0]
         runs = [] if args.only_rss else [end_to_end(engine_dir, args.threads, tmp, args.slide, args.mpp, args.readers,
-                                                    b, how) for b in args.blends for how in args.read_with]
+                                                    b, how, w) for b in args.blends for how in args.read_with
+                                         for w in args.write_processes]
         rss = [] if args.skip_rss else peak_rss(engine_dir, tmp)
     passes = []
     for group in SCALE_GROUPS:
@@ -162,7 +166,7 @@ def main() -> None:
     for column in ("measure", "value"):
         table.add_column(column)
     for e2e in runs:
-        blend = f"blend {e2e['blend']}, {e2e['read_with']}: "
+        blend = f"blend {e2e['blend']}, {e2e['read_with']}, {e2e['write_processes']} tracers: "
         table.add_row(blend + "windows (5x/10x/40x)", " / ".join(str(v) for v in e2e["windows"].values()))
         table.add_row(blend + f"segment windows/s (batch {e2e['batch']}, {e2e['readers']} {e2e['read_with']})",
                       f"{e2e['windows_per_second']:.2f}")

@@ -40,6 +40,7 @@ from rich.table import Table
 from _common import REPO, environment, real_windows, write_result
 from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.engines import build_engine, open_engine
+from omniseg_rt.engines.arrays import HOST
 
 WARM_OPEN = ("import json, sys, time; start = time.perf_counter()\n"
              "from torch._dynamo.utils import counters; from omniseg_rt.engines import open_engine\n"
@@ -83,10 +84,10 @@ def warm_open(path: Path) -> dict:
 def time_runner(runner, windows: np.ndarray, batch: int, device: str, repeats: int) -> dict:
     """Compute (outputs left where they are) and host copies of one batch's output."""
     images = np.ascontiguousarray(windows[np.arange(batch) % len(windows)])
-    if not hasattr(runner, "_outputs"):  # a host engine (the ONNX Runtime reference): host to host
+    if runner.arrays is HOST:  # a host engine (the ONNX Runtime reference): host to host
         return {"batch": batch, "compute_s": seconds(lambda: runner.infer(images), "cpu", repeats)}
-    compute = seconds(lambda: runner._outputs(images), device, repeats)
-    out = runner._outputs(images)
+    compute = seconds(lambda: runner.submit_device(images).result(), device, repeats)
+    out = runner.submit_device(images).result()
     sync(device)
     copies = {
         "float32": seconds(lambda: out.float().cpu(), device, repeats),

@@ -445,3 +445,19 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
                               downsample_mask(masks[channel], (150, 200)))
     stats = tissue_stats([0, 1], guarded, 1.0, 1.0, {}, occupied=occupied)
     assert [r["area_mm2"] for r in stats] == [r["area_mm2"] for r in tissue_stats([0, 1], masks, 1.0, 1.0, {})]
+
+
+def test_tracing_processes_give_the_same_polygons_in_the_same_order():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from omniseg_rt.outputs import mask_objects
+
+    rng = np.random.default_rng(3)
+    mask = (ndimage.gaussian_filter(rng.random((600, 500)), 3) > 0.52).astype(np.uint8) * 255
+    serial = list(mask_objects(mask, band_rows=97))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parallel = list(mask_objects(mask, band_rows=97, pool=pool, in_flight=2))
+    assert len(serial) > 3 * 64, "more objects than a few chunks"
+    assert [count for _, count in parallel] == [count for _, count in serial]
+    assert all(a.equals_exact(b, 0) for (a, _), (b, _) in zip(serial, parallel))

@@ -168,11 +168,14 @@ def test_bad_arguments_fail_before_any_work(demo_engine, tmp_path):
         segment(CMU, engine=demo_engine, out=tmp_path, overlap=7)
     with pytest.raises(InvalidInputError, match="--read-with 'forks': choose threads or processes"):
         segment(CMU, engine=demo_engine, out=tmp_path, read_with="forks")
+    with pytest.raises(InvalidInputError, match="--write-processes -1: must be a whole number >= 0"):
+        segment(CMU, engine=demo_engine, out=tmp_path, write_processes=-1)
     assert not (tmp_path / "CMU-1-Small-Region").exists()
 
 
-def test_reading_processes_give_the_outputs_of_reading_threads(demo_engine, cmu_10x, tmp_path):
-    [result] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="10x", read_with="processes", readers=2)
+def test_reading_and_tracing_processes_give_the_outputs_of_threads(demo_engine, cmu_10x, tmp_path):
+    [result] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="10x", read_with="processes", readers=2,
+                       write_processes=2)
     assert result.status == "done", result.reason
     a, _, _ = _mask(cmu_10x / "mask_10x.ome.tif")
     b, _, _ = _mask(tmp_path / "CMU-1-Small-Region" / "mask_10x.ome.tif")

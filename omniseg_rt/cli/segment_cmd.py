@@ -37,6 +37,9 @@ def segment(
     read_with: Annotated[str, typer.Option(
         help="threads (enough for CPU engines) or processes (each with its own slide handle: feeds a GPU engine; "
              "OpenSlide stops scaling at 6-8 threads).")] = "threads",
+    write_processes: Annotated[Optional[int], typer.Option(
+        help="Processes tracing polygons while outputs are written (default: a quarter of the cores, at most 8; "
+             "0: in the writing thread).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
     force: Annotated[bool, typer.Option(
         help="Redo slides already complete, for exactly this request (outputs it does not list are removed).")] = False,
@@ -52,9 +55,9 @@ def segment(
     from omniseg_rt.runtime.segment import check_request
 
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine, blend=blend,
-                  read_with=read_with)
+                  read_with=read_with, write_processes=write_processes)
     options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend, exclusive=exclusive,
-                   batch=batch, readers=readers, read_with=read_with, resume=resume, force=force, wait=wait)
+                   batch=batch, readers=readers, read_with=read_with, write_processes=write_processes, resume=resume, force=force, wait=wait)
     if ray is not None:
         options.update(address=ray, worker_cpus=worker_cpus)
     elif worker_cpus is not None:

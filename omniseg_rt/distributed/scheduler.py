@@ -42,7 +42,7 @@ def segment_on_ray(
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    check_request(**{k: v for k, v in options.items() if k in ("tissues", "mpp", "overlap", "batch", "readers", "read_with",
+    check_request(**{k: v for k, v in options.items() if k in ("tissues", "mpp", "overlap", "batch", "readers", "read_with", "write_processes",
                                                                 "window", "blend")})
     # the driver holds the output folder's lock for the whole run; its workers write under it
     with output_folder(out, options.pop("wait", False)) as out_root:

@@ -15,8 +15,11 @@ per object plus the bounding box of the object being traced:
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +168,8 @@ def _simplify(traced: Polygon, tolerance: float) -> Polygon:
 
 
 def mask_objects(
-    mask: np.ndarray, *, band_rows: int = 2048, tolerance: float = 1.0, occupied=None
+    mask: np.ndarray, *, band_rows: int = 2048, tolerance: float = 1.0, occupied=None,
+    pool: Executor | None = None, in_flight: int = 8,
 ) -> Iterator[tuple[Polygon, int]]:
     """Every 8-connected object of a 2-D mask as (Polygon, pixel count), ordered by its
     top-left-most pixel (row-major).
@@ -175,6 +179,8 @@ def mask_objects(
     simplified within ``tolerance`` pixels (0 = no simplification), valid, with area equal to
     the pixel count (to 0.1 %). ``band_rows``: rows per band of the first pass; ``occupied(y0,
     y1, x0, x1) -> bool``: False where the mask is known to be 0 (those bands are not read).
+    ``pool``: an executor (processes: tracing is Python-bound) that traces chunks of objects, at
+    most ``in_flight`` chunks ahead; the same polygons in the same order as without.
     """
     if getattr(mask, "ndim", None) != 2:
         raise InvalidInputError(f"mask must be a 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
@@ -186,10 +192,41 @@ def mask_objects(
         return
     found = _find_objects(mask, band_rows, occupied)
     log.debug("%d objects in a %dx%d mask", len(found.count), mask.shape[1], mask.shape[0])
+    pieces = _components(mask, found)
+    if pool is None:
+        for component, r0, c0, count in pieces:
+            yield _polygon(component, r0, c0, count, tolerance), count
+        return
+    pending: deque = deque()  # (counts, future of their polygons), at most ``in_flight`` chunks
+    try:
+        while True:
+            chunk = list(itertools.islice(pieces, CHUNK))
+            if chunk:
+                pending.append(([c[3] for c in chunk], pool.submit(_polygons, chunk, tolerance)))
+            if pending and (not chunk or len(pending) >= in_flight):
+                counts, future = pending.popleft()
+                yield from zip(future.result(), counts)
+            if not chunk and not pending:
+                return
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+CHUNK = 64  # objects per task of a tracing pool
+
+
+def _components(mask: np.ndarray, found: _Objects) -> Iterator[tuple[np.ndarray, int, int, int]]:
+    """Each object's pixels: (bool crop, its top row, its left column, pixel count), in order."""
     for i in range(len(found.count)):
         r0, r1, c0, c1 = (int(a[i]) for a in (found.r0, found.r1, found.c0, found.c1))
         component = np.asarray(mask[r0:r1, c0:c1]) != 0
         if np.count_nonzero(component) != found.count[i]:  # other objects in the box
             labels, _ = ndimage.label(component, structure=_EIGHT, output=np.int32)
             component = labels == labels[found.seed_r[i] - r0, found.seed_c[i] - c0]
-        yield _polygon(component, r0, c0, int(found.count[i]), tolerance), int(found.count[i])
+        yield component, r0, c0, int(found.count[i])
+
+
+def _polygons(chunk: list[tuple[np.ndarray, int, int, int]], tolerance: float) -> list[Polygon]:
+    """:func:`_polygon` of a chunk of components (what a tracing process runs)."""
+    return [_polygon(component, r0, c0, count, tolerance) for component, r0, c0, count in chunk]

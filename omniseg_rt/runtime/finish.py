@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,14 @@ log = logging.getLogger(__name__)
 
 def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarray], picture: np.ndarray,
                   tissue: np.ndarray, tissue_mpp: float, warnings: list[str], scores: dict[str, np.ndarray] | None = None,
-                  work_dir: Path | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+                  work_dir: Path | None = None, pool: Executor | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write every output of one slide; returns ({kind: file name}, summary).
 
     ``plans``: [(GroupPlan, task ids)]; ``canvases[group]``: uint8 [T, H, W] 0/255 masks;
     ``picture``: RGB uint8 [h, w, 3] of the whole slide for the overlay; ``tissue``: bool [h', w']
     tissue mask at ``tissue_mpp`` um/px; ``scores[group]``: uint8 [T, H, W] stitched scores, given
-    for the exclusive label map (built in ``work_dir``). Polygons are in level-0 pixels, clipped
-    to the slide.
+    for the exclusive label map (built in ``work_dir``); ``pool``: processes that trace the
+    polygons (``outputs.mask_objects``). Polygons are in level-0 pixels, clipped to the slide.
     """
     from PIL import Image
 
@@ -58,7 +59,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
         for plan, tasks in plans:
             for i, task in enumerate(tasks):
                 for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=_tracing_rows(plan.canvas[1]),
-                                               occupied=occupancy[plan.group]):
+                                               occupied=occupancy[plan.group], pool=pool):
                     for part in clip_to_slide(to_level0(polygon, plan.scale, plan.scale), width, height):
                         yield task, part
 
@@ -74,7 +75,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
                "tissues": rows, "warnings": warnings}
     if scores:
         outputs.update(_write_exclusive(slide_dir, work_dir or slide_dir, geometry, plans, canvases, scores, tissue,
-                                        tissue_mpp, summary, occupancy))
+                                        tissue_mpp, summary, occupancy, pool))
     atomic_write_text(slide_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     outputs["summary"] = "summary.json"
 
@@ -88,7 +89,7 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
 
 
 def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases, scores, tissue, tissue_mpp: float,
-                     summary: dict, occupancy: dict) -> dict[str, str]:
+                     summary: dict, occupancy: dict, pool: Executor | None = None) -> dict[str, str]:
     """``labels.ome.tif`` (at the finest group's pixel size) and ``objects_exclusive.geojson``;
     adds each tissue's exclusive area to ``summary``. Regions without a cell of any group are
     neither computed nor read."""
@@ -119,7 +120,7 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
         def objects():
             for task in sorted(present):
                 for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=_tracing_rows(finest.canvas[1]),
-                                               occupied=occupied):
+                                               occupied=occupied, pool=pool):
                     for part in clip_to_slide(to_level0(polygon, finest.scale, finest.scale), width, height):
                         yield task, part
 

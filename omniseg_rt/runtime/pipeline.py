@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,14 @@ class PendingWrite:
     seconds: dict[str, float]
     reason: str | None
 
-    def write(self) -> SlideResult:
+    def write(self, pool: Executor | None = None) -> SlideResult:
+        """The outputs and the manifest (``pool``: processes tracing the polygons, or None)."""
         start = time.perf_counter()
         slide_dir = self.slide_dir
         (slide_dir / "manifest.json").unlink(missing_ok=True)  # the old outputs are being replaced
         outputs, summary = write_outputs(slide_dir, self.geometry, self.plans, self.canvases, self.picture, self.tissue,
-                                         self.tissue_mpp, self.warnings, scores=self.scores, work_dir=self.store.folder)
+                                         self.tissue_mpp, self.warnings, scores=self.scores, work_dir=self.store.folder,
+                                         pool=pool)
         remove_unlisted_outputs(slide_dir, outputs)
         seconds = {**self.seconds, "write": time.perf_counter() - start}
         seconds["total"] = seconds["compute"] + seconds["write"]
@@ -297,7 +300,9 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
             if begin <= last[band] < end:
                 band_added(band)
         seconds["stitch"] += time.perf_counter() - start
-        progress(sum(1 for b, _ in flat[begin:end] if b in counted))
+        counted_here = sum(1 for b, _ in flat[begin:end] if b in counted)
+        if counted_here:
+            progress(counted_here)
 
     try:
         windows = prefetch.iterate(spec for _, spec in flat)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def segment(
     batch: int | None = None,
     readers: int = 2,
     read_with: str = "threads",
+    write_processes: int | None = None,
     window: int | None = None,
     group_mpp: dict[str, float] | None = None,
     resume: bool = True,
@@ -58,7 +60,9 @@ def segment(
     windows combine, "gaussian" (default) or "none" (centre crops); ``exclusive``: also write one
     label per pixel across tissues (labels.ome.tif, objects_exclusive.geojson); ``batch``: windows per
     engine call (default: the engine profile's); ``readers`` windows are read at once, on threads
-    or (``read_with="processes"``) worker processes, which a GPU engine needs to stay busy. A slide already complete for this request is
+    or (``read_with="processes"``) worker processes, which a GPU engine needs to stay busy;
+    ``write_processes`` trace the polygons while outputs are written (default: a quarter of the
+    cores, at most 8: none on small machines, where they would take the engine's). A slide already complete for this request is
     skipped; missing tissues are added; a slide complete for other settings fails unless
     ``force`` (which redoes it for exactly this request).
 
@@ -72,7 +76,7 @@ def segment(
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  engine=engine, blend=blend, read_with=read_with)
+                  engine=engine, blend=blend, read_with=read_with, write_processes=write_processes)
     with output_folder(out, wait) as out_root:
         own = not isinstance(engine, Engine)
         if engine is None:
@@ -82,8 +86,8 @@ def segment(
         try:
             settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend,
                                      exclusive=exclusive, batch=batch,
-                                     readers=readers, read_with=read_with, window=window, group_mpp=group_mpp,
-                                     resume=resume, force=force)
+                                     readers=readers, read_with=read_with, write_processes=write_processes,
+                                     window=window, group_mpp=group_mpp, resume=resume, force=force)
             return _run_slides(paths, handle, out_root, settings, notify)
         finally:
             if own:
@@ -101,7 +105,7 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
     def write(path: Path, outcome: SlideResult | PendingWrite) -> SlideResult:
         if isinstance(outcome, PendingWrite):
             try:
-                outcome = outcome.write()
+                outcome = outcome.write(tracers)
             except (OmnisegError, OSError) as exc:
                 outcome = _failed(path, exc)
         record(out_root, outcome)
@@ -112,7 +116,10 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
         notify({"event": "slide_done", **asdict(result)})
         results.append(result)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer:
+    tracers = (ProcessPoolExecutor(settings.write_processes, mp_context=multiprocessing.get_context("spawn"))
+               if settings.write_processes else None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer, \
+            tracers or contextlib.nullcontext():
         writing: Future | None = None
         try:
             for index, path in enumerate(paths):
@@ -132,6 +139,13 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
     return results
 
 
+def default_write_processes() -> int:
+    """Polygon-tracing processes by default: a quarter of the cores, at most 8 (0 on 1-3 cores)."""
+    from omniseg_rt.hardware import default_threads
+
+    return min(8, default_threads() // 4)
+
+
 def _failed(path: Path, exc: BaseException) -> SlideResult:
     log.info("%s failed: %s", path, exc)
     return SlideResult(slide_name(path), str(path), "failed", reason=_one_line(exc, path))
@@ -148,7 +162,7 @@ MPP_RANGE = (0.05, 100.0)
 
 
 def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None,
-                  blend=None, read_with="threads") -> None:
+                  blend=None, read_with="threads", write_processes=None) -> None:
     """Raise :class:`UsageError` for option values that cannot work, before anything else happens
     (``engine``: a path or an open engine, whose window bounds the overlap)."""
     if isinstance(tissues, str) or tissues is None:
@@ -162,7 +176,7 @@ def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, w
         raise UsageError(f"--mpp {mpp}: a slide's level-0 pixel size is between {MPP_RANGE[0]} and {MPP_RANGE[1]:g} "
                          "um/px (0.25 at 40x, 0.5 at 20x); give the one the scanner used")
     for name, value, low in (("--batch", batch, 1), ("--readers", readers, 1), ("--overlap", overlap, 0),
-                             ("--window", window, 64)):
+                             ("--window", window, 64), ("--write-processes", write_processes, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name} {value}: must be a whole number >= {low}")
     if read_with not in READ_WITH:
@@ -219,10 +233,10 @@ def _one_line(exc: BaseException, path: Path) -> str:
 
 def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None, batch=None, readers=2,
                   window=None, group_mpp=None, resume=True, force=False, blend=None,
-                  exclusive=False, read_with="threads") -> SegmentSettings:
+                  exclusive=False, read_with="threads", write_processes=None) -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  blend=blend, read_with=read_with)
+                  blend=blend, read_with=read_with, write_processes=write_processes)
     if tissues is None or isinstance(tissues, str):
         task_ids = tuple(t.task_id for t in parse_tissues("all" if tissues is None else tissues))
     else:
@@ -238,6 +252,7 @@ def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None
         exclusive=bool(exclusive),
         batch=batch if batch is not None else int(manifest.profile.get("batch_opt", 4)), readers=readers,
         read_with=read_with,
+        write_processes=default_write_processes() if write_processes is None else write_processes,
         resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
         raise UsageError(f"window {settings.window}: must be a multiple of 16, at least 64")

@@ -18,7 +18,8 @@ class SegmentSettings:
     """``tissues``: task ids; ``mpp``: the slides' pixel size override (um/px); ``group_mpp``:
     each scale group's target pixel size; ``window``/``overlap`` in group pixels; ``batch``:
     windows per engine call; ``readers``: how many read windows, ``read_with`` "threads" (of this
-    process) or "processes" (workers, each with its own slide handle: to feed a GPU); ``blend``: "gaussian" (weighted mean of
+    process) or "processes" (workers, each with its own slide handle: to feed a GPU);
+    ``write_processes``: processes tracing polygons while outputs are written (0: none); ``blend``: "gaussian" (weighted mean of
     the overlapping windows' margins) or "none" (each window's centre cell only); ``exclusive``:
     also write one label per pixel across tissues (``outputs/exclusive.py``)."""
 
@@ -32,6 +33,7 @@ class SegmentSettings:
     batch: int = 4
     readers: int = 2
     read_with: str = "threads"
+    write_processes: int = 0
     resume: bool = True
     force: bool = False
 
