@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.errors import OmnisegError
 from omniseg_rt.slide.plan import WindowSpec, read_window
 
 READ_WITH = ("threads", "processes")
 
 
-class ReadWorkerError(InvalidInputError):
+class ReadWorkerError(OmnisegError, RuntimeError):
     """A reading process died (crashed, killed, out of memory) while reading a slide."""
 
 
