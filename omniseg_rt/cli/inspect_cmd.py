@@ -59,6 +59,8 @@ def _engine_rows(info: dict) -> dict:
         + ", ".join(f"{r['abbrev']} {r['dice']:.3f}" for r in gate["tissues"]),
         "build time": f"{info['build_seconds']} s",
         "files": ", ".join(info["files"]),
+        **({"compiled": "torch.compile {mode}, batch {batch}, {window} px, for {device_name} (torch {torch}, CUDA {cuda})"
+            .format(**info["compiled"])} if info.get("compiled") else {}),
     }
 
 
