@@ -31,6 +31,7 @@ from _common import REPO, environment, parser, write_result
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.runtime import segment
+from omniseg_rt.runtime.pipeline import _runner_for
 from omniseg_rt.slide.plan import plan_group, read_window
 from omniseg_rt.runtime.settings import DEFAULT_OVERLAP
 from omniseg_rt.slide import open_slide
@@ -68,7 +69,7 @@ def engine_alone_seconds(engine, plans, reader, batch: int, repeats: int = 2) ->
     ``repeats`` per batch shape), with real pixels from the slide."""
     total = 0.0
     for plan in plans:
-        runner = next(r for r in engine.runners if r.spec.scale_group == plan.group)
+        runner, _ = _runner_for(engine, plan.group, plan.task_ids)  # the group's graph, or an all-tissue one
         specs = [s for band in plan.bands for s in band]
         if not specs:
             continue
