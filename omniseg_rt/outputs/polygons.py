@@ -199,15 +199,14 @@ def mask_objects(
         return
     pending: deque = deque()  # (counts, future of their polygons), at most ``in_flight`` chunks
     try:
-        while True:
-            chunk = list(itertools.islice(pieces, CHUNK))
-            if chunk:
-                pending.append(([c[3] for c in chunk], pool.submit(_polygons, chunk, tolerance)))
-            if pending and (not chunk or len(pending) >= in_flight):
+        for chunk in iter(lambda: list(itertools.islice(pieces, CHUNK)), []):
+            pending.append(([c[3] for c in chunk], pool.submit(_polygons, chunk, tolerance)))
+            if len(pending) >= in_flight:
                 counts, future = pending.popleft()
                 yield from zip(future.result(), counts)
-            if not chunk and not pending:
-                return
+        while pending:
+            counts, future = pending.popleft()
+            yield from zip(future.result(), counts)
     finally:
         for _, future in pending:
             future.cancel()
