@@ -28,6 +28,7 @@ import tifffile
 
 from omniseg_rt.errors import InvalidInputError, MissingFileError
 from omniseg_rt.fileutil import temp_path
+from omniseg_rt.hardware import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callab
     def done(item) -> bytes:
         return item if isinstance(item, bytes) else item.result()
 
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, default_threads())
     with ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
         pending: deque = deque()  # compressed tiles and futures, in file order
         for c, y0, y1, x0, x1 in _tile_regions(masks.shape, level, tile):
