@@ -29,7 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from _common import REPO, environment, real_windows, write_result
+from _common import REPO, environment, median_seconds, real_windows, write_result
 from omniseg_rt.calibration.gate import compare_margins
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.arrays import HOST
@@ -55,15 +54,12 @@ def sync(device: str) -> None:
 
 def seconds(fn, device: str, repeats: int) -> float:
     """Median seconds of ``fn()`` (synchronised, after a warm-up call)."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def run() -> None:
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+
+    run()
+    return median_seconds(run, repeats)[0]
 
 
 def profile_file(folder: Path, batch: int, window: int) -> Path:
