@@ -16,10 +16,7 @@
 #   tools/gpu_engine_session.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: tools/gpu_engine_session.sh OUT_DIR}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD OMNISEG_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
-nvidia-smi -L
-python3 -c "import openslide, torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+. tools/gpu_env.sh openslide
 
 modes="default"; [ "${MAX_AUTOTUNE:-0}" = 1 ] && modes="default max-autotune"
 timeout "${BENCH_SECONDS:-180}" python3 benchmarks/bench_torch_engine.py --device cuda --modes $modes \

@@ -10,10 +10,7 @@
 #   tools/gpu_session.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: tools/gpu_session.sh OUT_DIR}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD OMNISEG_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
-nvidia-smi -L
-python3 -c "import kornia, openslide, torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+. tools/gpu_env.sh kornia openslide
 
 begin=$(date +%s)
 timeout "${TRAIN_SECONDS:-420}" python3 -m omniseg_rt train .gpu/shared/data/kidney_patches --out runs/demo-gpu \
