@@ -212,6 +212,37 @@ def test_polygons_diagonal_contacts_are_one_object():
     assert one == 1 and dot.area == pytest.approx(1, rel=0.01) and dot.centroid.equals_exact(Point(3.5, 2.5), 1e-6)
 
 
+def test_traced_outlines_are_skimages_marching_squares():
+    """The vectorised tracer draws, per object, the outline and holes that skimage's
+    find_contours draws at 0.5 with 8-connected foreground, each ring from its smallest (y, x)
+    vertex, outlines with a positive signed area and holes with a negative one."""
+    from skimage.measure import find_contours
+
+    from omniseg_rt.outputs.polygons import _polygons, _rings
+
+    rng = np.random.default_rng(5)
+    mask = ndimage.gaussian_filter(rng.random((140, 170)), 1.2) > 0.5  # specks, holes, diagonal contacts
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    row0, col0 = 7, 11
+    rings = _rings(mask, row0, col0)
+    objects, traced = _polygons(rings, labels[rings.pixel[:, 0], rings.pixel[:, 1]] - 1)
+    assert objects.tolist() == list(range(n)) and n > 50
+    assert sum(len(p.interiors) for p in traced) > 10
+    for k, polygon in zip(objects, traced):
+        padded = np.pad(labels == k + 1, 1).astype(np.float32)
+        contours = [np.column_stack([c[:, 1] + col0 - 0.5, c[:, 0] + row0 - 0.5])
+                    for c in find_contours(padded, 0.5, fully_connected="high")]
+        outer = max(range(len(contours)), key=lambda i: Polygon(contours[i]).area)
+        reference = Polygon(contours[outer], [c for i, c in enumerate(contours) if i != outer])
+        assert polygon.is_valid and len(polygon.interiors) == len(reference.interiors)
+        assert polygon.symmetric_difference(reference).area < 1e-9
+        for ring in [polygon.exterior, *polygon.interiors]:
+            xy = np.asarray(ring.coords)[:-1]
+            assert tuple(xy[0]) == min(map(tuple, xy), key=lambda p: (p[1], p[0]))
+        assert polygon.exterior.is_ccw and not any(ring.is_ccw for ring in polygon.interiors)
+    assert (rings.area > 0).sum() == n  # one outline per object
+
+
 def test_polygons_empty_and_bad_masks(tmp_path):
     assert list(mask_objects(np.zeros((100, 80), np.uint8), band_rows=9)) == []
     assert list(mask_objects(memmap_of(tmp_path, np.zeros((64, 64), np.uint8)))) == []

@@ -2,24 +2,25 @@
 
 Geometries are in level-0 slide pixels (x right, y down), coordinates rounded to 0.01 px. Each
 feature is a QuPath detection classified by its tissue, with the tissue's name and colour from
-:data:`omniseg_rt.tissues.TISSUES`. The file is streamed feature by feature to a temporary name
-and renamed when complete; ids are uuid5 of (seed, task id, feature index), so the same input
+:data:`omniseg_rt.tissues.TISSUES`. The file is streamed to a temporary name, a batch of objects
+at a time (snapped, oriented and formatted together), and renamed when complete; ids are uuid5 of (seed, task id, feature index), so the same input
 gives a byte-identical file.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import shapely
-import shapely.affinity
 from shapely.geometry import Polygon
-from shapely.geometry.polygon import orient
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.tissues import tissue
@@ -31,47 +32,52 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omniseg-rt/ge
 _GRID = 0.01  # level-0 pixels: coordinates are written to two decimals
 
 
-def to_level0(polygon: Polygon, scale_x: float, scale_y: float) -> Polygon:
-    """``polygon`` in mask pixels -> level-0 slide pixels: coordinates times ``scale_x`` /
-    ``scale_y`` (level-0 pixels per mask pixel, each axis), about the origin."""
+def to_level0(polygons, scale_x: float, scale_y: float):
+    """``polygons`` (a Polygon, or an array of them) in mask pixels -> level-0 slide pixels:
+    coordinates times ``scale_x`` / ``scale_y`` (level-0 pixels per mask pixel, each axis)."""
     if not (scale_x > 0 and scale_y > 0):
         raise InvalidInputError(f"scales must be positive level-0 pixels per mask pixel; got {scale_x}, {scale_y}")
-    return shapely.affinity.scale(polygon, xfact=scale_x, yfact=scale_y, origin=(0.0, 0.0))
+    factors = np.array([scale_x, scale_y])
+    return shapely.transform(polygons, lambda xy: xy * factors)
 
 
-def _ring(coords) -> list[list[float]]:
-    return [[round(x, 2), round(y, 2)] for x, y in coords]
+def _snap(polygons: np.ndarray) -> np.ndarray:
+    """Polygon [N] -> on the 0.01 px grid, still valid (largest part if snapping split one), outer
+    rings counter-clockwise as RFC 7946 asks; None where one vanished. Coordinates are rounded
+    first; only polygons that rounding breaks go through the (slower) validity-keeping snap."""
+    snapped = shapely.set_precision(polygons, _GRID, mode="pointwise")
+    broken = np.flatnonzero(~shapely.is_valid(snapped) | shapely.is_empty(snapped))
+    if len(broken):
+        snapped[broken] = shapely.set_precision(polygons[broken], _GRID)
+        for k in broken:
+            parts = [g for g in getattr(snapped[k], "geoms", [snapped[k]]) if isinstance(g, Polygon) and not g.is_empty]
+            snapped[k] = max(parts, key=lambda g: g.area) if parts else None
+    return shapely.orient_polygons(snapped)
 
 
-def _snap(polygon: Polygon) -> Polygon | None:
-    """``polygon`` on the 0.01 px grid, still valid (largest part if snapping split it), outer
-    ring counter-clockwise as RFC 7946 asks; None if it vanished."""
-    snapped = shapely.set_precision(polygon, _GRID)
-    if snapped.is_empty:
-        return None
-    parts = [g for g in getattr(snapped, "geoms", [snapped]) if isinstance(g, Polygon) and not g.is_empty]
-    if not parts:
-        return None
-    return orient(max(parts, key=lambda g: g.area), sign=1.0)
+def _features(task_ids: list[int], polygons: np.ndarray, feature_ids: list[str]) -> list[str]:
+    """One GeoJSON Feature (compact JSON text) per polygon, coordinates rounded to 0.01 px."""
+    rings, owner = shapely.get_rings(polygons, return_index=True)
+    coords = np.round(shapely.get_coordinates(rings), 2)
+    per_ring = np.split(coords, np.cumsum(shapely.get_num_coordinates(rings))[:-1])
+    per_polygon: list[list] = [[] for _ in range(len(polygons))]
+    for k, ring in zip(owner.tolist(), per_ring):
+        per_polygon[k].append(ring.tolist())
+    out = []
+    for task_id, rings_xy, feature_id in zip(task_ids, per_polygon, feature_ids):
+        geometry = json.dumps({"type": "Polygon", "coordinates": rings_xy}, separators=(",", ":"))
+        out.append(f'{{"type":"Feature","id":"{feature_id}","geometry":{geometry},"properties":{_properties(task_id)}}}')
+    return out
 
 
-def _feature(task_id: int, polygon: Polygon, feature_id: str) -> str:
+@functools.cache
+def _properties(task_id: int) -> str:
     t = tissue(task_id)
-    geometry = {
-        "type": "Polygon",
-        "coordinates": [_ring(polygon.exterior.coords), *(_ring(r.coords) for r in polygon.interiors)],
-    }
-    feature = {
-        "type": "Feature",
-        "id": feature_id,
-        "geometry": geometry,
-        "properties": {
-            "objectType": "detection",
-            "classification": {"name": t.name, "color": list(t.colour)},
-            "tissue": t.abbrev,
-        },
-    }
-    return json.dumps(feature, separators=(",", ":"))
+    return json.dumps({"objectType": "detection", "classification": {"name": t.name, "color": list(t.colour)},
+                       "tissue": t.abbrev}, separators=(",", ":"))
+
+
+_BATCH = 1024  # objects snapped and formatted together
 
 
 def write_geojson(
@@ -93,19 +99,19 @@ def write_geojson(
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write('{"type":"FeatureCollection","features":[')
             index = 0
-            for task_id, polygon in objects:
-                tissue(task_id)  # a bad id fails here with the list of known tissues
-                if not isinstance(polygon, Polygon):
-                    raise InvalidInputError(f"object {index} of task {task_id} is a "
-                                            f"{type(polygon).__name__}, not a shapely Polygon")
-                snapped = _snap(polygon)
-                if snapped is None:
-                    dropped += 1
-                    continue
-                feature_id = str(uuid.uuid5(_ID_NAMESPACE, f"{seed}:{task_id}:{index}"))
-                fh.write(("\n" if index == 0 else ",\n") + _feature(task_id, snapped, feature_id))
-                counts[task_id] = counts.get(task_id, 0) + 1
-                index += 1
+            checked = _checked(objects)
+            for batch in iter(lambda: list(itertools.islice(checked, _BATCH)), []):
+                task_ids, polygons = zip(*batch)
+                snapped = _snap(np.array(polygons, dtype=object))
+                kept = [k for k, p in enumerate(snapped) if p is not None]
+                dropped += len(batch) - len(kept)
+                task_ids = [task_ids[k] for k in kept]
+                ids = [str(uuid.uuid5(_ID_NAMESPACE, f"{seed}:{t}:{index + n}")) for n, t in enumerate(task_ids)]
+                for feature in _features(task_ids, snapped[kept], ids):
+                    fh.write(("\n" if index == 0 else ",\n") + feature)
+                    index += 1
+                for t in task_ids:
+                    counts[t] = counts.get(t, 0) + 1
             fh.write("\n]}\n")
         os.replace(tmp, target)
     except BaseException:
@@ -115,3 +121,14 @@ def write_geojson(
         log.warning("%s: %d polygons smaller than the 0.01 px grid were left out", target, dropped)
     log.info("wrote %s: %d features", target, sum(counts.values()))
     return counts
+
+
+def _checked(objects: Iterable[tuple[int, Polygon]]) -> Iterator[tuple[int, Polygon]]:
+    """``objects``, each failing on a bad tissue id (with the list of known tissues) or a
+    geometry that is not a Polygon."""
+    for index, (task_id, polygon) in enumerate(objects):
+        tissue(task_id)
+        if not isinstance(polygon, Polygon):
+            raise InvalidInputError(f"object {index} of task {task_id} is a "
+                                    f"{type(polygon).__name__}, not a shapely Polygon")
+        yield task_id, polygon

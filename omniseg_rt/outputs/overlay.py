@@ -118,4 +118,4 @@ def render_overlay(
     if task_ids:
         image = _legend(image, task_ids)
     with replacing(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=3)  # 2x faster than the default 6, 3 % larger

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -58,10 +59,10 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     def objects():
         for plan, tasks in plans:
             for i, task in enumerate(tasks):
-                for polygon, _ in mask_objects(canvases[plan.group][i], band_rows=_tracing_rows(plan.canvas[1]),
-                                               occupied=occupancy[plan.group], pool=pool):
-                    for part in clip_to_slide(to_level0(polygon, plan.scale, plan.scale), width, height):
-                        yield task, part
+                found = mask_objects(canvases[plan.group][i], band_rows=_tracing_rows(plan.canvas[1]),
+                                     occupied=occupancy[plan.group], pool=pool)
+                for polygon in _in_level0(found, plan.scale, width, height):
+                    yield task, polygon
 
     with io_errors(slide_dir / "objects.geojson"):
         counts = write_geojson(slide_dir / "objects.geojson", objects(), id_seed=geometry.name)
@@ -119,10 +120,10 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
 
         def objects():
             for task in sorted(present):
-                for polygon, _ in mask_objects(LabelMask(labels, task + 1), band_rows=_tracing_rows(finest.canvas[1]),
-                                               occupied=occupied, pool=pool):
-                    for part in clip_to_slide(to_level0(polygon, finest.scale, finest.scale), width, height):
-                        yield task, part
+                found = mask_objects(LabelMask(labels, task + 1), band_rows=_tracing_rows(finest.canvas[1]),
+                                     occupied=occupied, pool=pool)
+                for polygon in _in_level0(found, finest.scale, width, height):
+                    yield task, polygon
 
         with io_errors(slide_dir / "objects_exclusive.geojson"):
             write_geojson(slide_dir / "objects_exclusive.geojson", objects(), id_seed=geometry.name)
@@ -147,6 +148,14 @@ def _label_counts(labels: np.ndarray, occupied, rows: int = 4096) -> np.ndarray:
         if occupied(top, top + rows, 0, labels.shape[1]):
             counts += np.bincount(np.asarray(labels[top:top + rows]).ravel(), minlength=256)
     return counts
+
+
+def _in_level0(found, scale: float, width: float, height: float, chunk: int = 1024):
+    """(Polygon, count) pairs in mask pixels -> Polygons in level-0 pixels (times ``scale``),
+    clipped to the slide; scaled ``chunk`` at a time."""
+    for part in iter(lambda: [polygon for polygon, _ in itertools.islice(found, chunk)], []):
+        for polygon in to_level0(np.array(part, dtype=object), scale, scale):
+            yield from clip_to_slide(polygon, width, height)
 
 
 def clip_to_slide(polygon: Polygon, width: float, height: float) -> list[Polygon]:
