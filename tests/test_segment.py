@@ -184,6 +184,37 @@ def test_reading_and_tracing_processes_give_the_outputs_of_threads(demo_engine, 
         assert (cmu_10x / name).read_bytes() == (tmp_path / "CMU-1-Small-Region" / name).read_bytes(), name
 
 
+def test_a_dying_tracing_process_fails_the_slide_and_the_rerun_only_writes(demo_engine, cmu_10x, tmp_path,
+                                                                           monkeypatch):
+    import importlib
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    module = importlib.import_module("omniseg_rt.runtime.segment")
+    started = []
+
+    def dying_pool(self):  # real spawned processes that exit as they start
+        started.append(1)
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os._exit,
+                                   initargs=(3,))
+
+    monkeypatch.setattr(module._TracingPool, "_start", dying_pool)
+    second = tmp_path / "second.svs"
+    shutil.copy(CMU, second)
+    first, other = segment([CMU, second], engine=demo_engine, out=tmp_path, tissues="10x", write_processes=1)
+    for result in (first, other):
+        assert result.status == "failed"
+        assert "polygon-tracing process died" in result.reason and "run the same command again" in result.reason
+    assert len(started) == 3, "a new pool after each death"
+    assert not (tmp_path / "CMU-1-Small-Region" / "manifest.json").exists()
+    monkeypatch.undo()
+    [again] = segment(CMU, engine=demo_engine, out=tmp_path, tissues="10x", write_processes=0)
+    assert again.status == "done", again.reason
+    assert again.seconds["infer"] == 0, "every band was journalled: only the writing ran"
+    for name in ("objects.geojson", "summary.json"):
+        assert (cmu_10x / name).read_bytes() == (tmp_path / "CMU-1-Small-Region" / name).read_bytes(), name
+
+
 def _mask(path):
     from omniseg_rt.outputs import read_mask_tiff
 

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
@@ -101,11 +102,18 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
     thread also records every slide's row in ``summary.csv`` (in slide order, right after its
     outputs: a kill -9 loses no finished slide's row); progress is reported from this thread."""
     results: list[SlideResult] = []
+    tracers = _TracingPool(settings.write_processes)
 
     def write(path: Path, outcome: SlideResult | PendingWrite) -> SlideResult:
         if isinstance(outcome, PendingWrite):
             try:
-                outcome = outcome.write(tracers)
+                outcome = outcome.write(tracers.pool)
+            except BrokenProcessPool as exc:  # a tracing process died: this slide fails, the next gets a new pool
+                tracers.renew()
+                outcome = _failed(path, TracingWorkerError(
+                    f"a polygon-tracing process died while writing the outputs ({exc or 'killed'}); every band is "
+                    "computed and kept: run the same command again to write them (with --write-processes 0 if "
+                    "it happens again)"))
             except (OmnisegError, OSError) as exc:
                 outcome = _failed(path, exc)
         record(out_root, outcome)
@@ -116,10 +124,7 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
         notify({"event": "slide_done", **asdict(result)})
         results.append(result)
 
-    tracers = (ProcessPoolExecutor(settings.write_processes, mp_context=multiprocessing.get_context("spawn"))
-               if settings.write_processes else None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer, \
-            tracers or contextlib.nullcontext():
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer, tracers:
         writing: Future | None = None
         try:
             for index, path in enumerate(paths):
@@ -137,6 +142,36 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
                 done, writing = writing, None
                 finish(done)
     return results
+
+
+class TracingWorkerError(OmnisegError, RuntimeError):
+    """A polygon-tracing process died (crashed, killed, out of memory) while a slide was written."""
+
+
+class _TracingPool:
+    """The spawned processes that trace polygons (``processes``; none when 0), made anew after
+    one of them died (a broken pool takes no more work)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor | None:
+        if not self.processes:
+            return None
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def renew(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._start()
+
+    def __enter__(self) -> _TracingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_write_processes() -> int:
