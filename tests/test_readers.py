@@ -45,6 +45,10 @@ def test_processes_read_the_same_windows_as_threads(name, mpp):
     assert len(got) >= 10 and prefetch.seconds > 0
     for (_, pixels), expected in zip(got, want):
         np.testing.assert_array_equal(pixels, expected)
+    with ReadProcesses(path, mpp, 2) as processes:  # as read at the level, for an engine that resizes
+        raw = list(processes.prefetcher(ahead=4, resize=False).iterate(specs))
+    assert [pixels.shape for _, pixels in raw] == [(3, *spec.read_size[::-1]) for spec in specs]
+    assert any(spec.read_size != (spec.window, spec.window) for spec in specs)
 
 
 def test_a_reading_process_that_dies_is_named_with_the_slide():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from omniseg_rt.engines.arrays import HOST, Arrays
-from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.errors import InvalidInputError, UsageError
 
 if TYPE_CHECKING:
     from omniseg_rt.engines.manifest import EngineManifest
@@ -77,15 +77,21 @@ class GraphRunner(abc.ABC):
     #: True when a window's output does not depend on the other windows of its batch, to the bit
     #: (a compiled engine running one padded batch size); the slide pipeline then batches across bands
     batch_invariant: bool = False
+    #: True when :meth:`submit_device` resizes windows on the device: the slide pipeline then
+    #: hands over windows as read at their pyramid level, and the size to make them
+    resizes: bool = False
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run one batch synchronously."""
 
-    def submit_device(self, images: np.ndarray) -> Ticket:
+    def submit_device(self, images: np.ndarray, size: int | None = None) -> Ticket:
         """Start a batch whose margins [B, T, H, W] stay where the network ran, as ``self.arrays``
-        arrays, for the stitcher (which sends only uint8 masks to the host). Host backends: the
-        same as :meth:`submit`."""
+        arrays, for the stitcher (which sends only uint8 masks to the host). ``size``: resize the
+        windows (uint8 [B, 3, h, w]) to ``size`` x ``size`` first, where :attr:`resizes`. Host
+        backends: the same as :meth:`submit`."""
+        if size is not None and images.shape[2:] != (size, size):
+            raise UsageError(f"{type(self).__name__} does not resize windows ({images.shape[2:]} -> {size})")
         return self.submit(images)
 
     def submit(self, images: np.ndarray) -> Ticket:

@@ -181,6 +181,16 @@ class TorchArrays:
         return self._to_host(values, encode)
 
 
+def resize_windows(torch, windows, size: int):
+    """uint8 [B, 3, h, w] tensor -> uint8 [B, 3, size, size] on its device: bilinear, antialiased
+    when shrinking, pixel centres aligned (what PIL's BILINEAR resize of the reading path does; the
+    two agree within a grey level or two, tests/test_compiled_engine.py)."""
+    with torch.no_grad():
+        out = torch.nn.functional.interpolate(windows.float(), size=(size, size), mode="bilinear",
+                                              align_corners=False, antialias=True)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 class TorchRunner(GraphRunner):
     """uint8 [B, 3, H, W] -> margins [B, T, H, W]: float32 numpy from :meth:`infer`, tensors on
     the device from :meth:`submit_device` (fp16 for fp16 engines)."""
@@ -205,6 +215,7 @@ class TorchRunner(GraphRunner):
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.arrays = TorchArrays(torch, device)
+        self.resizes = device == "cuda"  # a GPU resizes windows faster than the reading processes, and gets fewer bytes
         with torch.no_grad():  # fills the model's task-index cache: compiled code then sees a fixed module state
             self._forward(torch.zeros((1, 3, 16, 16), dtype=torch.uint8, device=device))
         self.batch: int | None = None
@@ -242,10 +253,14 @@ class TorchRunner(GraphRunner):
             out = margins(self.model.forward_tasks(x, self.tasks))
         return out if self.precision == "fp16" else out.float()
 
-    def _outputs(self, images: np.ndarray):
-        """Margins of a batch as device tensors; compiled engines run padded batches of their size."""
+    def _outputs(self, images: np.ndarray, size: int | None = None):
+        """Margins of a batch as device tensors (``size``: the windows resized to it on the device
+        first); compiled engines run padded batches of their size."""
         torch = self.torch
-        x = torch.from_numpy(check_images(images)).to(self.device, non_blocking=True)
+        if size is not None and images.shape[2:] != (size, size):
+            x = resize_windows(torch, torch.from_numpy(check_images(images, multiple=1)).to(self.device), size)
+        else:
+            x = torch.from_numpy(check_images(images)).to(self.device, non_blocking=True)
         with torch.no_grad():
             if self.batch is None:
                 return self._run(x)
@@ -265,9 +280,9 @@ class TorchRunner(GraphRunner):
     def infer(self, images: np.ndarray) -> np.ndarray:
         return self._outputs(images).float().cpu().numpy()
 
-    def submit_device(self, images: np.ndarray) -> Ticket:
+    def submit_device(self, images: np.ndarray, size: int | None = None) -> Ticket:
         try:
-            return Ticket.finished(self._outputs(images))
+            return Ticket.finished(self._outputs(images, size))
         except Exception as exc:  # delivered by result(), as for submit
             return Ticket.finished(error=exc)
 

@@ -271,7 +271,9 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         ranges = [(i, min(i + settings.batch, end)) for begin, end in zip(starts, starts[1:])
                   for i in range(begin, end, settings.batch)]
     ahead = max(settings.batch * (IN_FLIGHT + 1), 2 * settings.readers)
-    prefetch = processes.prefetcher(ahead) if processes else Prefetcher(reader, settings.readers, ahead)
+    resize = None if not runner.resizes else plan.window  # windows resized on the engine's device, not here
+    prefetch = (processes.prefetcher(ahead, resize is None) if processes
+                else Prefetcher(reader, settings.readers, ahead, resize=resize is None))
     flight: deque = deque()
 
     def band_added(band: int) -> None:
@@ -309,7 +311,7 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         for begin, end in ranges:
             pixels = np.stack([next(windows)[1] for _ in range(begin, end)])
             start = time.perf_counter()
-            flight.append((begin, end, runner.submit_device(pixels)))
+            flight.append((begin, end, runner.submit_device(pixels, resize)))
             seconds["infer"] += time.perf_counter() - start
             if len(flight) >= IN_FLIGHT:
                 collect()

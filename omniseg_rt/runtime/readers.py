@@ -34,12 +34,13 @@ class Prefetcher:
     ``reader`` (or through ``submit``: spec -> a future of (pixels, seconds)).
 
     Iterating yields (spec, pixels) in the order given; ``seconds`` sums the reading time of
-    all readers. Memory: ``ahead`` windows at most, whatever the slide's size.
+    all readers. Memory: ``ahead`` windows at most, whatever the slide's size. ``resize=False``:
+    windows as read at their level (an engine resizes them on its device).
     """
 
     def __init__(self, reader, threads: int, ahead: int,
-                 submit: Callable[[WindowSpec], Future] | None = None, describe: str = "") -> None:
-        self.reader, self.ahead = reader, max(1, ahead)
+                 submit: Callable[[WindowSpec], Future] | None = None, describe: str = "", resize: bool = True) -> None:
+        self.reader, self.ahead, self.resize = reader, max(1, ahead), resize
         self.pool = None if submit else ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="omniseg-read")
         self._submit = submit or (lambda spec: self.pool.submit(self._timed, spec))
         self.describe = describe
@@ -47,7 +48,7 @@ class Prefetcher:
 
     def _timed(self, spec: WindowSpec) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
-        pixels = read_window(self.reader, spec)
+        pixels = read_window(self.reader, spec, self.resize)
         return pixels, time.perf_counter() - start
 
     def iterate(self, specs: Iterable[WindowSpec]) -> Iterator[tuple[WindowSpec, np.ndarray]]:
@@ -89,23 +90,23 @@ def _open_in_worker(path: str, mpp: float | None) -> None:
     _WORKER_READER = open_slide(Path(path), mpp)
 
 
-def _read_in_worker(spec: WindowSpec) -> tuple[np.ndarray, float]:
+def _read_in_worker(spec: WindowSpec, resize: bool) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
-    pixels = read_window(_WORKER_READER, spec)
+    pixels = read_window(_WORKER_READER, spec, resize)
     return pixels, time.perf_counter() - start
 
 
 class ReadProcesses:
     """``processes`` spawned workers reading one slide (opened once in each); started at once, so
-    they start up while the parent detects tissue. ``prefetcher(ahead)`` reads through them."""
+    they start up while the parent detects tissue. ``prefetcher(ahead, resize)`` reads through them."""
 
     def __init__(self, path: str | Path, mpp: float | None, processes: int) -> None:
         self.path = Path(path)
         self.pool = ProcessPoolExecutor(max_workers=max(1, processes), mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_open_in_worker, initargs=(str(self.path), mpp))
 
-    def prefetcher(self, ahead: int) -> Prefetcher:
-        return Prefetcher(None, 0, ahead, submit=lambda spec: self.pool.submit(_read_in_worker, spec),
+    def prefetcher(self, ahead: int, resize: bool = True) -> Prefetcher:
+        return Prefetcher(None, 0, ahead, submit=lambda spec: self.pool.submit(_read_in_worker, spec, resize),
                           describe=str(self.path))
 
     def close(self) -> None:

@@ -124,12 +124,14 @@ def too_coarse(group_mpp: float, slide_mpp: float) -> bool:
     return slide_mpp / group_mpp > MAX_UPSAMPLE
 
 
-def read_window(reader, spec: WindowSpec) -> np.ndarray:
-    """uint8 [3, window, window] RGB of ``spec``: read at its level, resized to the window."""
+def read_window(reader, spec: WindowSpec, resize: bool = True) -> np.ndarray:
+    """uint8 [3, window, window] RGB of ``spec``: read at its level, resized to the window
+    (bilinear, antialiased when shrinking); ``resize=False``: as read, [3, h, w] = ``read_size``
+    (for an engine that resizes on its device)."""
     from PIL import Image
 
     rgb = reader.read(spec.l0_xy, spec.level, spec.read_size)
-    if rgb.shape[:2] != (spec.window, spec.window):
+    if resize and rgb.shape[:2] != (spec.window, spec.window):
         rgb = np.asarray(Image.fromarray(rgb).resize((spec.window, spec.window), Image.BILINEAR))
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
