@@ -10,7 +10,10 @@ through ``build_engine`` (accuracy gate included), then:
     kidney windows;
   - per batch size: compute seconds with the outputs left on the device (synchronised), and the
     host copy of that batch's output as float32 margins, fp16 margins and uint8 masks (what the
-    slide pipeline ships), each in ms and as a share of the compute.
+    slide pipeline ships), each in ms and as a share of the compute;
+  - resizing a batch of windows read at another level (half and twice the window's side) to the
+    window: on the device (upload included, what a GPU engine does) vs PIL on one CPU core (what
+    a reading worker does otherwise).
 
 On a GPU (the default where torch sees CUDA): fp16, windows of 512, batches 1 8 32 64. On a CPU:
 fp32, small windows (``--window 128``), to measure whether compiling helps there and to test the
@@ -93,6 +96,23 @@ def time_runner(runner, windows: np.ndarray, batch: int, device: str, repeats: i
     return {"batch": batch, "compute_s": compute, "copy_s": copies}
 
 
+def time_resizing(device: str, batch: int, window: int, repeats: int) -> list[dict]:
+    """Seconds to resize ``batch`` windows of window/2 and 2*window px to ``window``: uploaded and
+    resized on ``device``, and with PIL (BILINEAR) on one core."""
+    from PIL import Image
+
+    from omniseg_rt.engines.torch_backend import resize_windows
+
+    rows = []
+    for side in (window // 2, window * 2):
+        raw = np.random.default_rng(0).integers(0, 256, (batch, 3, side, side), dtype=np.uint8)
+        on_device = seconds(lambda: resize_windows(torch, torch.from_numpy(raw).to(device), window), device, repeats)
+        pictures = [Image.fromarray(np.ascontiguousarray(w.transpose(1, 2, 0))) for w in raw]
+        pil = seconds(lambda: [p.resize((window, window), Image.BILINEAR) for p in pictures], "cpu", max(1, repeats // 5))
+        rows.append({"from": side, "to": window, "batch": batch, "device_s": on_device, "pil_one_core_s": pil})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -146,6 +166,7 @@ def main() -> None:
             rows.append(row)
             console.print(row)
 
+    resizing = time_resizing(args.device, max(batches), window, args.repeats)
     device_name = torch.cuda.get_device_name(0) if gpu else environment()["cpu"]
     table = Table(title=f"torch engines alone, {precision}, {window}x{window}, all six tissues, {device_name}")
     for column in ("engine", "batch", "windows/s", "x eager", "copy f32 ms", "copy f16 ms", "copy masks ms", "masks % compute"):
@@ -169,9 +190,16 @@ def main() -> None:
                              f"{r['warm_open']['fxgraph_cache_hit']}/{r['warm_open']['fxgraph_cache_miss']}",
                              f"{min(r['dice_vs_fp32'].values()):.4f}", f"{r['mask_agreement']:.5f}")
     console.print(builds_table)
+    resize_table = Table(title=f"resizing a batch of {max(batches)} windows to {window} px")
+    for column in ("from px", f"on {args.device} ms (upload included)", "PIL, one core ms", "x"):
+        resize_table.add_column(column, justify="right")
+    for r in resizing:
+        resize_table.add_row(str(r["from"]), f"{1000 * r['device_s']:.1f}", f"{1000 * r['pil_one_core_s']:.1f}",
+                             f"{r['pil_one_core_s'] / r['device_s']:.1f}")
+    console.print(resize_table)
     path = write_result(f"torch_engine_{args.device}", {
         "environment": {**environment(), "device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda},
-        "precision": precision, "window": window, "builds": rows, "timings": timings})
+        "precision": precision, "window": window, "builds": rows, "timings": timings, "resizing": resizing})
     console.print(f"wrote {path}")
 
 
