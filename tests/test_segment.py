@@ -170,6 +170,8 @@ def test_bad_arguments_fail_before_any_work(demo_engine, tmp_path):
         segment(CMU, engine=demo_engine, out=tmp_path, read_with="forks")
     with pytest.raises(InvalidInputError, match="--write-processes -1: must be a whole number >= 0"):
         segment(CMU, engine=demo_engine, out=tmp_path, write_processes=-1)
+    with pytest.raises(InvalidInputError, match="--write-slides 0: must be a whole number >= 1"):
+        segment(CMU, engine=demo_engine, out=tmp_path, write_slides=0)
     assert not (tmp_path / "CMU-1-Small-Region").exists()
 
 

@@ -319,9 +319,9 @@ def test_a_full_disk_or_read_only_out_fails_clearly_and_a_rerun_completes(demo_e
 
 def test_overlapped_slides_match_one_at_a_time_and_survive_kill_minus_9(demo_engine, cmu_10x, tmp_path):
     """A folder of three slides (and one that fails: too coarse for 10x): each slide's outputs
-    are written while the next is computed. They equal the outputs of segmenting each slide
-    alone; killed (-9) in the middle of the second slide and resumed: the same outputs again, the
-    first slide skipped."""
+    are written while the next is computed, two slides at once. They equal the outputs of
+    segmenting each slide alone; killed (-9) in the middle of the second slide and resumed: the
+    same outputs again, the first slide skipped."""
     folder = tmp_path / "slides"
     folder.mkdir()
     names = [NAME, "cmu-copy", "cmu-third"]
@@ -334,13 +334,14 @@ def test_overlapped_slides_match_one_at_a_time_and_survive_kill_minus_9(demo_eng
         assert result.status == "done", result.reason
         alone[name] = tmp_path / "alone" / name
 
-    results = segment(folder, engine=demo_engine, out=tmp_path / "together", tissues="10x")
+    results = segment(folder, engine=demo_engine, out=tmp_path / "together", tissues="10x", write_slides=2)
     assert [(r.slide, r.status) for r in results] == [*((n, "done") for n in names), (DICOM.name, "failed")]
     for name in names:
         _same_outputs(tmp_path / "together" / name, alone[name])
 
     out = tmp_path / "killed"
-    args = ("segment", str(folder), "--engine", str(demo_engine), "--out", str(out), "--tissues", "10x")
+    args = ("segment", str(folder), "--engine", str(demo_engine), "--out", str(out), "--tissues", "10x",
+            "--write-slides", "2")
     process = _start(*args)
     second = out / "cmu-copy" / ".work" / "journal.jsonl"
     _wait_for(lambda: (out / NAME / "manifest.json").exists() and second.exists()

@@ -40,6 +40,9 @@ def segment(
     write_processes: Annotated[Optional[int], typer.Option(
         help="Processes tracing polygons while outputs are written (default: a quarter of the cores, at most 8; "
              "0: in the writing thread).")] = None,
+    write_slides: Annotated[Optional[int], typer.Option(
+        help="Slides whose outputs are written at once while the next one computes (default: 1 + cores / 8, "
+             "at most 4).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue interrupted slides from their journal.")] = True,
     force: Annotated[bool, typer.Option(
         help="Redo slides already complete, for exactly this request (outputs it does not list are removed).")] = False,
@@ -55,9 +58,10 @@ def segment(
     from omniseg_rt.runtime.segment import check_request
 
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, engine=engine, blend=blend,
-                  read_with=read_with, write_processes=write_processes)
+                  read_with=read_with, write_processes=write_processes, write_slides=write_slides)
     options = dict(engine=engine, out=out, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend, exclusive=exclusive,
-                   batch=batch, readers=readers, read_with=read_with, write_processes=write_processes, resume=resume, force=force, wait=wait)
+                   batch=batch, readers=readers, read_with=read_with, write_processes=write_processes,
+                   write_slides=write_slides, resume=resume, force=force, wait=wait)
     if ray is not None:
         options.update(address=ray, worker_cpus=worker_cpus)
     elif worker_cpus is not None:

@@ -42,8 +42,9 @@ def segment_on_ray(
     """
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
-    check_request(**{k: v for k, v in options.items() if k in ("tissues", "mpp", "overlap", "batch", "readers", "read_with", "write_processes",
-                                                                "window", "blend")})
+    checked = ("tissues", "mpp", "overlap", "batch", "readers", "read_with", "write_processes", "write_slides",
+               "window", "blend")
+    check_request(**{k: v for k, v in options.items() if k in checked})
     # the driver holds the output folder's lock for the whole run; its workers write under it
     with output_folder(out, options.pop("wait", False)) as out_root:
         # settings are checked here, before the cluster starts

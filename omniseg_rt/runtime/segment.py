@@ -7,6 +7,8 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +46,7 @@ def segment(
     readers: int = 2,
     read_with: str = "threads",
     write_processes: int | None = None,
+    write_slides: int | None = None,
     window: int | None = None,
     group_mpp: dict[str, float] | None = None,
     resume: bool = True,
@@ -63,7 +66,9 @@ def segment(
     engine call (default: the engine profile's); ``readers`` windows are read at once, on threads
     or (``read_with="processes"``) worker processes, which a GPU engine needs to stay busy;
     ``write_processes`` trace the polygons while outputs are written (default: a quarter of the
-    cores, at most 8: none on small machines, where they would take the engine's). A slide already complete for this request is
+    cores, at most 8: none on small machines, where they would take the engine's); ``write_slides``
+    slides are written at once while the next computes (default 1 + a cores / 8, at most 4). A
+    slide already complete for this request is
     skipped; missing tissues are added; a slide complete for other settings fails unless
     ``force`` (which redoes it for exactly this request).
 
@@ -77,7 +82,8 @@ def segment(
     notify = on_progress or (lambda event: None)
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else list(slides))
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  engine=engine, blend=blend, read_with=read_with, write_processes=write_processes)
+                  engine=engine, blend=blend, read_with=read_with, write_processes=write_processes,
+                  write_slides=write_slides)
     with output_folder(out, wait) as out_root:
         own = not isinstance(engine, Engine)
         if engine is None:
@@ -88,7 +94,7 @@ def segment(
             settings = make_settings(handle.manifest, tissues=tissues, mpp=mpp, overlap=overlap, blend=blend,
                                      exclusive=exclusive, batch=batch,
                                      readers=readers, read_with=read_with, write_processes=write_processes,
-                                     window=window, group_mpp=group_mpp, resume=resume, force=force)
+                                     write_slides=write_slides, window=window, group_mpp=group_mpp, resume=resume, force=force)
             return _run_slides(paths, handle, out_root, settings, notify)
         finally:
             if own:
@@ -98,11 +104,13 @@ def segment(
 def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: SegmentSettings,
                 notify: Callable[[dict], None]) -> list[SlideResult]:
     """Compute the slides one after the other; write each one's outputs on a writer thread while
-    the next is computed (two slides in flight at most: one computing, one writing). The writer
-    thread also records every slide's row in ``summary.csv`` (in slide order, right after its
-    outputs: a kill -9 loses no finished slide's row); progress is reported from this thread."""
+    the next is computed (``settings.write_slides`` slides writing at most, and one computing).
+    A writer also records its slide's row in ``summary.csv`` right after the outputs (a kill -9
+    loses no finished slide's row; rows are kept sorted by slide); results and progress come in
+    slide order, from this thread."""
     results: list[SlideResult] = []
     tracers = _TracingPool(settings.write_processes)
+    summary_lock = threading.Lock()  # one summary.csv update at a time
 
     def write(path: Path, outcome: SlideResult | PendingWrite) -> SlideResult:
         if isinstance(outcome, PendingWrite):
@@ -116,7 +124,8 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
                     "it happens again)"))
             except (OmnisegError, OSError) as exc:
                 outcome = _failed(path, exc)
-        record(out_root, outcome)
+        with summary_lock:
+            record(out_root, outcome)
         return outcome
 
     def finish(future: Future) -> None:
@@ -124,8 +133,8 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
         notify({"event": "slide_done", **asdict(result)})
         results.append(result)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniseg-write") as writer, tracers:
-        writing: Future | None = None
+    with ThreadPoolExecutor(max_workers=settings.write_slides, thread_name_prefix="omniseg-write") as writer, tracers:
+        writing: deque[Future] = deque()
         try:
             for index, path in enumerate(paths):
                 notify({"event": "slide", "slide": slide_name(path), "index": index, "slides": len(paths)})
@@ -133,14 +142,12 @@ def _run_slides(paths: list[Path], engine: Engine, out_root: Path, settings: Seg
                     outcome = compute_slide(path, engine, out_root, settings, notify)
                 except (OmnisegError, OSError) as exc:
                     outcome = _failed(path, exc)
-                if writing is not None:
-                    done, writing = writing, None
-                    finish(done)
-                writing = writer.submit(write, path, outcome)
-        finally:  # also when interrupted (Ctrl-C) or failing: the slide being written is finished and recorded
-            if writing is not None:
-                done, writing = writing, None
-                finish(done)
+                while len(writing) >= settings.write_slides:
+                    finish(writing.popleft())
+                writing.append(writer.submit(write, path, outcome))
+        finally:  # also when interrupted (Ctrl-C) or failing: the slides being written are finished and recorded
+            while writing:
+                finish(writing.popleft())
     return results
 
 
@@ -174,6 +181,14 @@ class _TracingPool:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def default_write_slides() -> int:
+    """Slides written at once by default: one, plus one per 8 cores, at most 4 (a fast GPU engine
+    computes a slide in less time than one core writes it)."""
+    from omniseg_rt.hardware import default_threads
+
+    return min(4, 1 + default_threads() // 8)
+
+
 def default_write_processes() -> int:
     """Polygon-tracing processes by default: a quarter of the cores, at most 8 (0 on 1-3 cores)."""
     from omniseg_rt.hardware import default_threads
@@ -197,7 +212,7 @@ MPP_RANGE = (0.05, 100.0)
 
 
 def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, window=None, engine=None,
-                  blend=None, read_with="threads", write_processes=None) -> None:
+                  blend=None, read_with="threads", write_processes=None, write_slides=None) -> None:
     """Raise :class:`UsageError` for option values that cannot work, before anything else happens
     (``engine``: a path or an open engine, whose window bounds the overlap)."""
     if isinstance(tissues, str) or tissues is None:
@@ -211,7 +226,8 @@ def check_request(tissues=None, mpp=None, overlap=None, batch=None, readers=2, w
         raise UsageError(f"--mpp {mpp}: a slide's level-0 pixel size is between {MPP_RANGE[0]} and {MPP_RANGE[1]:g} "
                          "um/px (0.25 at 40x, 0.5 at 20x); give the one the scanner used")
     for name, value, low in (("--batch", batch, 1), ("--readers", readers, 1), ("--overlap", overlap, 0),
-                             ("--window", window, 64), ("--write-processes", write_processes, 0)):
+                             ("--window", window, 64), ("--write-processes", write_processes, 0),
+                             ("--write-slides", write_slides, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise UsageError(f"{name} {value}: must be a whole number >= {low}")
     if read_with not in READ_WITH:
@@ -268,10 +284,10 @@ def _one_line(exc: BaseException, path: Path) -> str:
 
 def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None, batch=None, readers=2,
                   window=None, group_mpp=None, resume=True, force=False, blend=None,
-                  exclusive=False, read_with="threads", write_processes=None) -> SegmentSettings:
+                  exclusive=False, read_with="threads", write_processes=None, write_slides=None) -> SegmentSettings:
     """Checked settings for an engine with ``manifest`` (window and batch default to its profile's)."""
     check_request(tissues=tissues, mpp=mpp, overlap=overlap, batch=batch, readers=readers, window=window,
-                  blend=blend, read_with=read_with, write_processes=write_processes)
+                  blend=blend, read_with=read_with, write_processes=write_processes, write_slides=write_slides)
     if tissues is None or isinstance(tissues, str):
         task_ids = tuple(t.task_id for t in parse_tissues("all" if tissues is None else tissues))
     else:
@@ -288,6 +304,7 @@ def make_settings(manifest: EngineManifest, tissues=None, mpp=None, overlap=None
         batch=batch if batch is not None else int(manifest.profile.get("batch_opt", 4)), readers=readers,
         read_with=read_with,
         write_processes=default_write_processes() if write_processes is None else write_processes,
+        write_slides=default_write_slides() if write_slides is None else write_slides,
         resume=resume, force=force)
     if settings.window % 16 or settings.window < 64:
         raise UsageError(f"window {settings.window}: must be a multiple of 16, at least 64")

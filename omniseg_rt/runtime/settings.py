@@ -19,7 +19,9 @@ class SegmentSettings:
     each scale group's target pixel size; ``window``/``overlap`` in group pixels; ``batch``:
     windows per engine call; ``readers``: how many read windows, ``read_with`` "threads" (of this
     process) or "processes" (workers, each with its own slide handle: to feed a GPU);
-    ``write_processes``: processes tracing polygons while outputs are written (0: none); ``blend``: "gaussian" (weighted mean of
+    ``write_processes``: processes tracing polygons while outputs are written (0: none);
+    ``write_slides``: slides whose outputs are written at once (each on its own thread, while the
+    next slide computes); ``blend``: "gaussian" (weighted mean of
     the overlapping windows' margins) or "none" (each window's centre cell only); ``exclusive``:
     also write one label per pixel across tissues (``outputs/exclusive.py``)."""
 
@@ -34,6 +36,7 @@ class SegmentSettings:
     readers: int = 2
     read_with: str = "threads"
     write_processes: int = 0
+    write_slides: int = 1
     resume: bool = True
     force: bool = False
 
