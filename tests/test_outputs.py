@@ -482,13 +482,19 @@ def test_tracing_processes_give_the_same_polygons_in_the_same_order():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from omniseg_rt.outputs import mask_objects
+    from omniseg_rt.outputs import mask_objects, masks_objects
 
     rng = np.random.default_rng(3)
     mask = (ndimage.gaussian_filter(rng.random((600, 500)), 3) > 0.52).astype(np.uint8) * 255
+    others = [(ndimage.gaussian_filter(rng.random((200, 300)), 2) > 0.55).astype(np.uint8) for _ in range(3)]
     serial = list(mask_objects(mask, band_rows=97))
+    serial_all = [(k, *o) for k, m in enumerate([mask, *others]) for o in mask_objects(m, band_rows=1000)]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parallel = list(mask_objects(mask, band_rows=97, pool=pool, in_flight=2))
+        # one band per mask: the look-ahead runs across the masks
+        parallel_all = list(masks_objects([(m, 1000, None) for m in [mask, *others]], pool=pool, in_flight=3))
     assert len(serial) > 3 * 64, "more objects than a few chunks"
     assert [count for _, count in parallel] == [count for _, count in serial]
     assert all(a.equals_exact(b, 0) for (a, _), (b, _) in zip(serial, parallel))
+    assert [(k, n) for k, _, n in parallel_all] == [(k, n) for k, _, n in serial_all]
+    assert all(a.equals_exact(b, 0) for (_, a, _), (_, b, _) in zip(serial_all, parallel_all))

@@ -358,7 +358,7 @@ def _match_areas(shapes: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def mask_objects(
     mask: np.ndarray, *, band_rows: int = 2048, tolerance: float = 1.0, occupied=None,
-    pool: Executor | None = None, in_flight: int = 4,
+    pool: Executor | None = None, in_flight: int = 8,
 ) -> Iterator[tuple[Polygon, int]]:
     """Every 8-connected object of a 2-D mask as (Polygon, pixel count), ordered by its
     top-left-most pixel (row-major).
@@ -371,32 +371,55 @@ def mask_objects(
     traces bands (processes: the vectorised work holds the GIL between numpy and GEOS calls), at
     most ``in_flight`` bands ahead; the same polygons in the same order as without.
     """
-    if getattr(mask, "ndim", None) != 2:
-        raise InvalidInputError(f"mask must be a 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
-    if band_rows < 1:
-        raise InvalidInputError(f"band_rows must be >= 1; got {band_rows}")
+    for _, polygon, count in masks_objects([(mask, band_rows, occupied)], tolerance=tolerance, pool=pool,
+                                           in_flight=in_flight):
+        yield polygon, count
+
+
+def masks_objects(
+    masks: list[tuple[np.ndarray, int, object]], *, tolerance: float = 1.0, pool: Executor | None = None,
+    in_flight: int = 8,
+) -> Iterator[tuple[int, Polygon, int]]:
+    """:func:`mask_objects` of several masks, given as (mask, band_rows, occupied or None), as
+    (mask index, Polygon, pixel count): mask after mask, each in its own order. With a ``pool``,
+    the look-ahead of ``in_flight`` bands runs across masks (masks of one band each, such as a
+    group's tissues, are traced at once), and the next mask's first pass runs here meanwhile."""
+    for mask, band_rows, _ in masks:
+        if getattr(mask, "ndim", None) != 2:
+            raise InvalidInputError(f"mask must be a 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
+        if band_rows < 1:
+            raise InvalidInputError(f"band_rows must be >= 1; got {band_rows}")
     if tolerance < 0:
         raise InvalidInputError(f"tolerance must be >= 0 pixels; got {tolerance}")
+    jobs = ((k, job) for k, (mask, band_rows, occupied) in enumerate(masks)
+            for job in _jobs(mask, band_rows, occupied))
+    if pool is None:
+        for k, job in jobs:
+            yield from ((k, polygon, count) for polygon, count in _trace_band(*job, tolerance))
+        return
+    pending: deque = deque()  # (mask index, future of a band's objects), at most ``in_flight``
+    try:
+        for k, job in jobs:
+            pending.append((k, pool.submit(_trace_band, *job, tolerance)))
+            if len(pending) >= in_flight:
+                k, future = pending.popleft()
+                yield from ((k, polygon, count) for polygon, count in future.result())
+        while pending:
+            k, future = pending.popleft()
+            yield from ((k, polygon, count) for polygon, count in future.result())
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+def _jobs(mask: np.ndarray, band_rows: int, occupied) -> Iterator[tuple]:
+    """Pass 1 over ``mask``, then the band jobs of pass 2 (:func:`_band_job`), one at a time."""
     if 0 in mask.shape:
         return
     found, bands = _find_objects(mask, band_rows, occupied)
     log.debug("%d objects in a %dx%d mask", len(found.count), mask.shape[1], mask.shape[0])
-    jobs = (_band_job(mask, band, band_rows, found) for band in bands)
-    if pool is None:
-        for job in jobs:
-            yield from _trace_band(*job, tolerance)
-        return
-    pending: deque = deque()  # futures of bands' objects, at most ``in_flight``
-    try:
-        for job in jobs:
-            pending.append(pool.submit(_trace_band, *job, tolerance))
-            if len(pending) >= in_flight:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
+    for band in bands:
+        yield _band_job(mask, band, band_rows, found)
 
 
 def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects) -> tuple:

@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry import Polygon
 
 from omniseg_rt.fileutil import atomic_write_text, io_errors, is_temp_name, replacing
-from omniseg_rt.outputs import (downsample_mask, mask_objects, render_overlay, tissue_stats, to_level0,
+from omniseg_rt.outputs import (downsample_mask, masks_objects, render_overlay, tissue_stats, to_level0,
                                 write_geojson, write_mask_tiff)
 from omniseg_rt.outputs.exclusive import LABELS, LabelMask, write_label_map
 from omniseg_rt.slide.plan import Occupancy
@@ -57,12 +57,13 @@ def write_outputs(slide_dir: Path, geometry, plans, canvases: dict[str, np.ndarr
     width, height = geometry.l0_size
 
     def objects():
-        for plan, tasks in plans:
-            for i, task in enumerate(tasks):
-                found = mask_objects(canvases[plan.group][i], band_rows=_tracing_rows(plan.canvas[1]),
-                                     occupied=occupancy[plan.group], pool=pool)
-                for polygon in _in_level0(found, plan.scale, width, height):
-                    yield task, polygon
+        layers = [(plan, i, task) for plan, tasks in plans for i, task in enumerate(tasks)]
+        found = masks_objects([(canvases[plan.group][i], _tracing_rows(plan.canvas[1]), occupancy[plan.group])
+                               for plan, i, _ in layers], pool=pool)
+        for k, objects_of_layer in itertools.groupby(found, key=lambda item: item[0]):
+            plan, _, task = layers[k]
+            for polygon in _in_level0(((p, n) for _, p, n in objects_of_layer), plan.scale, width, height):
+                yield task, polygon
 
     with io_errors(slide_dir / "objects.geojson"):
         counts = write_geojson(slide_dir / "objects.geojson", objects(), id_seed=geometry.name)
@@ -119,11 +120,12 @@ def _write_exclusive(slide_dir: Path, work_dir: Path, geometry, plans, canvases,
         present = [t for _, tasks in plans for t in tasks]
 
         def objects():
-            for task in sorted(present):
-                found = mask_objects(LabelMask(labels, task + 1), band_rows=_tracing_rows(finest.canvas[1]),
-                                     occupied=occupied, pool=pool)
-                for polygon in _in_level0(found, finest.scale, width, height):
-                    yield task, polygon
+            tasks = sorted(present)
+            found = masks_objects([(LabelMask(labels, task + 1), _tracing_rows(finest.canvas[1]), occupied)
+                                   for task in tasks], pool=pool)
+            for k, objects_of_task in itertools.groupby(found, key=lambda item: item[0]):
+                for polygon in _in_level0(((p, n) for _, p, n in objects_of_task), finest.scale, width, height):
+                    yield tasks[k], polygon
 
         with io_errors(slide_dir / "objects_exclusive.geojson"):
             write_geojson(slide_dir / "objects_exclusive.geojson", objects(), id_seed=geometry.name)
