@@ -103,18 +103,26 @@ def render_overlay(
         raise InvalidInputError(f"thumbnail must be uint8 [h, w, 3] RGB; got {thumb.dtype} {thumb.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise InvalidInputError(f"alpha must be within [0, 1]; got {alpha}")
-    picture = thumb.astype(np.float32)
-    task_ids: list[int] = []
+    painted = []  # (task id, on, outline), bool [h, w] each
     for task_id, layer in layers:
-        colour = np.asarray(tissue(task_id).colour, dtype=np.float32)
         on = np.asarray(layer) != 0
         if on.shape != thumb.shape[:2]:
             raise InvalidInputError(f"layer of task {task_id} has shape {on.shape}; the thumbnail is {thumb.shape[:2]}")
+        painted.append((task_id, on, outline(on)))
+    # only the pixels some layer paints are blended (in float32, layer after layer)
+    touched = np.flatnonzero(np.logical_or.reduce([on for _, on, _ in painted])) if painted else np.zeros(0, np.int64)
+    picture = thumb.reshape(-1, 3)[touched].astype(np.float32)
+    task_ids: list[int] = []
+    for task_id, on, edge in painted:
+        colour = np.asarray(tissue(task_id).colour, dtype=np.float32)
+        on, edge = on.ravel()[touched], edge.ravel()[touched]
         picture[on] = (1 - alpha) * picture[on] + alpha * colour
-        picture[outline(on)] = colour
+        picture[edge] = colour
         if task_id not in task_ids:
             task_ids.append(task_id)
-    image = Image.fromarray(np.rint(picture).astype(np.uint8), "RGB")
+    pixels = thumb.reshape(-1, 3).copy()
+    pixels[touched] = np.rint(picture).astype(np.uint8)
+    image = Image.fromarray(pixels.reshape(thumb.shape), "RGB")
     if task_ids:
         image = _legend(image, task_ids)
     with replacing(path) as tmp:
