@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
-
 @dataclass(frozen=True)
 class _Objects:
     """Per-object arrays, all [N], sorted by seed: bbox rows [r0, r1), cols [c0, c1), count,
@@ -79,7 +78,7 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
             prev_last = None  # an empty band: nothing to join across its borders
             continue
         band = np.asarray(mask[top : top + band_rows]) != 0
-        labels, n = ndimage.label(band, structure=_EIGHT, output=np.int32)
+        labels, n = _label(band)
         if n:
             frags.append(_fragments(labels, n, top, width))
             tops.append((top, offset, n))
@@ -121,6 +120,13 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
         label_object = np.concatenate([[-1], np.where(whole[ids], frag_object[ids], -1)])
         bands.append(_Band(top, label_object, spanning[spanning_band == top // band_rows]))
     return found, bands
+
+
+def _label(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of bool [h, w]: (labels int32 [h, w], 0 = background; count). The
+    same input always gets the same labels. (scipy's own output array: asking it for
+    ``output=np.int32`` made labelling 1.7x slower.)"""
+    return ndimage.label(pixels, structure=_EIGHT)
 
 
 def _fragments(labels: np.ndarray, n: int, top: int, width: int) -> np.ndarray:
@@ -434,7 +440,7 @@ def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects) ->
         r0, r1, c0, c1 = (int(a[k]) for a in (found.r0, found.r1, found.c0, found.c1))
         component = np.asarray(mask[r0:r1, c0:c1]) != 0
         if np.count_nonzero(component) != found.count[k]:  # other objects in the box
-            labels, _ = ndimage.label(component, structure=_EIGHT, output=np.int32)
+            labels, _ = _label(component)
             component = labels == labels[found.seed_r[k] - r0, found.seed_c[k] - c0]
         crops.append((int(k), component, r0, c0))
     named = np.concatenate([band.label_object[band.label_object >= 0], band.spanning])
@@ -448,7 +454,7 @@ def _trace_band(pixels: np.ndarray | None, top: int, label_object: np.ndarray, c
     runs): the objects within the band traced together, then each spanning one in its box."""
     objects, traced = [np.zeros(0, np.int64)], [np.zeros(0, object)]
     if pixels is not None:
-        labels, _ = ndimage.label(pixels, structure=_EIGHT, output=np.int32)  # the labels of pass 1
+        labels, _ = _label(pixels)  # the labels of pass 1
         rings = _rings(pixels, top, 0)
         o, t = _polygons(rings, label_object[labels[rings.pixel[:, 0], rings.pixel[:, 1]]])
         objects.append(o)
