@@ -66,7 +66,8 @@ class _Band:
 
 
 def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Objects, list[_Band]]:
-    """Pass 1: label band by band, join across band borders, aggregate per object."""
+    """Pass 1: label band by band, join across band borders, aggregate per object; and per band
+    with objects, what pass 2 traces there."""
     height, width = mask.shape
     frags: list[np.ndarray] = []  # per band: int64 [n, 6] = r0, r1, c0, c1, count, seed key
     tops: list[tuple[int, int, int]] = []  # per band with fragments: top, first fragment id, fragments
@@ -109,10 +110,11 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
     rank = np.empty_like(by_seed)
     rank[by_seed] = np.arange(len(by_seed))
     frag_object = rank[comp]  # each fragment's object (seed order)
-    whole = np.bincount(comp)[comp] == 1  # the fragment is its whole object
+    fragments = np.bincount(comp)  # per component
+    whole = fragments[comp] == 1  # the fragment is its whole object
     seed = seed[by_seed]
     found = _Objects(r0[by_seed], r1[by_seed], c0[by_seed], c1[by_seed], count[by_seed], seed // width, seed % width)
-    spanning = np.flatnonzero(np.bincount(comp)[by_seed] > 1)
+    spanning = np.flatnonzero(fragments[by_seed] > 1)
     spanning_band = found.seed_r[spanning] // band_rows
     bands = []
     for top, first_id, n in tops:
@@ -230,16 +232,7 @@ def _rings(fg: np.ndarray, row0: int, col0: int) -> _Rings:
     key = start[by_key]
     succ = np.searchsorted(key, end[by_key])  # every vertex is the start of one segment and the end of one
     ring, n = _cycle_minimum(succ), len(key)
-    # rank within the ring: steps to its last vertex (the one before the ring's first), by jumping
-    link = np.where(succ == ring, np.arange(n), succ)
-    steps = (link != np.arange(n)).astype(np.int64)
-    while True:
-        further = link[link]
-        if np.array_equal(further, link):
-            break
-        steps += steps[link]
-        link = further
-    order = np.lexsort((-steps, ring))
+    order = np.lexsort((-_steps_to_last(succ, ring), ring))  # ring by ring, each from its smallest vertex
     key, ring = key[order], ring[order]
     first = np.flatnonzero(np.diff(ring, prepend=-1))
     y, x = (key // _K - 2) / 2.0, (key % _K - 2) / 2.0
@@ -259,6 +252,21 @@ def _cycle_minimum(succ: np.ndarray) -> np.ndarray:
         if np.array_equal(nxt, least):
             return least
         least, jump = nxt, jump[jump]
+
+
+def _steps_to_last(succ: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Each element's steps to the last element of its cycle, the cycle being cut before its
+    element ``first[x]`` (list ranking by pointer jumping: ``steps[x]`` counts the steps from x
+    to ``link[x]``, both doubling each round)."""
+    n = len(succ)
+    link = np.where(succ == first, np.arange(n), succ)  # the last element points to itself
+    steps = (link != np.arange(n)).astype(np.int64)
+    while True:
+        further = link[link]
+        if np.array_equal(further, link):
+            return steps
+        steps += steps[link]
+        link = further
 
 
 def _beside(key: np.ndarray, fg: np.ndarray, row0: int, col0: int) -> np.ndarray:
