@@ -237,6 +237,24 @@ def test_augmentation_moves_masks_exactly_with_images():
     assert disagree.mean() < 0.01 and disagree.max() < 0.06, disagree
 
 
+def test_stain_jitter_changes_colours_not_structure_on_real_patches():
+    """HED jitter: none at strength 0; at 0.1 each patch's colours move (each its own way) while
+    its grey-level structure stays (correlation with the original > 0.9), values within [0, 1]."""
+    from conftest import real_patches
+    from omniseg_rt.train.augment import hed_jitter
+
+    torch.manual_seed(0)
+    images = torch.from_numpy(real_patches(6))
+    assert torch.allclose(hed_jitter(images, 0.0), images, atol=1e-4)
+    jittered = hed_jitter(images, 0.1)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+    change = (jittered - images).abs().mean(dim=(2, 3))  # [6, 3] per patch and channel
+    assert (change.mean(1) > 0.005).all()
+    assert len({tuple(c.round(decimals=4).tolist()) for c in change}) == 6
+    for a, b in zip(images.mean(1).flatten(1), jittered.mean(1).flatten(1)):
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+
+
 ALL_TISSUES = ("0_1_dt", "1_1_pt", "2_0_capsule", "3_0_tuft", "4_1_vessel", "5_3_ptc")
 
 

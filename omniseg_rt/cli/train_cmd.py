@@ -45,6 +45,9 @@ def train(
     family: Annotated[str, typer.Option(help="scale (scale-aware) or midl.")] = "scale",
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint.")] = None,
     augment: Annotated[bool, typer.Option(help="Geometric, colour and noise augmentation.")] = True,
+    stain_jitter: Annotated[float, typer.Option(
+        help="Also jitter the stains (haematoxylin, eosin, DAB densities scaled and shifted by up to this; "
+             "0: off, 0.05 light, 0.2 strong).")] = 0.0,
     patience: Annotated[int, typer.Option(
         help="Stop after this many epochs without a better validation Dice (0: run all epochs).")] = 0,
     repeat: Annotated[Optional[list[str]], typer.Option(
@@ -64,7 +67,7 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, patience=patience, repeat=_repeats(repeat or []))
+        augment=augment, stain_jitter=stain_jitter, patience=patience, repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:

@@ -29,7 +29,29 @@ def build_augmentation() -> torch.nn.Module:
     )
 
 
-def augment(aug: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """images float [N, 3, H, W] in [0, 1], masks float {0, 1} [N, 1, H, W] -> the same, augmented."""
+def augment(aug: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+            stain_jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """images float [N, 3, H, W] in [0, 1], masks float {0, 1} [N, 1, H, W] -> the same, augmented
+    (``stain_jitter`` > 0: also :func:`hed_jitter` of that strength, images only)."""
     out_images, out_masks = aug(images, masks)
+    if stain_jitter > 0:
+        out_images = hed_jitter(out_images, stain_jitter)
     return out_images.clamp_(0.0, 1.0), (out_masks > 0.5).to(masks.dtype)
+
+
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, in optical density
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def hed_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """Stain augmentation (Tellez et al. 2018): each image's optical density split into
+    haematoxylin, eosin and DAB, each channel scaled by U(1 - s, 1 + s) and shifted by U(-s, s),
+    then recombined. images float [N, 3, H, W] in [0, 1] -> the same."""
+    n = images.shape[0]
+    density = -torch.log(images.clamp(min=1e-6)).movedim(1, -1)  # [N, H, W, 3]
+    hed = density @ _HED_FROM_RGB.to(images)
+    scale = 1 + (torch.rand(n, 1, 1, 3, device=images.device) * 2 - 1) * strength
+    shift = (torch.rand(n, 1, 1, 3, device=images.device) * 2 - 1) * strength
+    density = (hed * scale + shift) @ _RGB_FROM_HED.to(images)
+    return torch.exp(-density).movedim(-1, 1).clamp(0.0, 1.0)

@@ -57,6 +57,7 @@ class TrainConfig:
     family: str = "scale"
     init: str | None = None
     augment: bool = True
+    stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
 
@@ -227,7 +228,7 @@ def train(
             x = images.to(device, non_blocking=True).float() / 255.0
             m = masks.to(device, non_blocking=True).float()
             if aug is not None:
-                x, m = augment(aug, x, m)
+                x, m = augment(aug, x, m, config.stain_jitter)
             with torch.autocast(device.type, enabled=scaler.is_enabled()):
                 logits = model.forward_tasks(x, [task])[:, 0]
             loss = dice_bce_loss(logits.float(), m, balanced=config.balanced_loss)
