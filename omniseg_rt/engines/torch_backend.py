@@ -184,7 +184,7 @@ class TorchArrays:
 def resize_windows(torch, windows, size: int):
     """uint8 [B, 3, h, w] tensor -> uint8 [B, 3, size, size] on its device: bilinear, antialiased
     when shrinking, pixel centres aligned (what PIL's BILINEAR resize of the reading path does; the
-    two agree within a grey level or two, tests/test_compiled_engine.py)."""
+    two agree within one grey level on the real slides, tests/test_compiled_engine.py)."""
     with torch.no_grad():
         out = torch.nn.functional.interpolate(windows.float(), size=(size, size), mode="bilinear",
                                               align_corners=False, antialias=True)

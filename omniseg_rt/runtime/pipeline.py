@@ -271,7 +271,7 @@ def _run_group(plan: GroupPlan, bands: list[int], reader, runner: GraphRunner, c
         ranges = [(i, min(i + settings.batch, end)) for begin, end in zip(starts, starts[1:])
                   for i in range(begin, end, settings.batch)]
     ahead = max(settings.batch * (IN_FLIGHT + 1), 2 * settings.readers)
-    resize = None if not runner.resizes else plan.window  # windows resized on the engine's device, not here
+    resize = plan.window if runner.resizes else None  # windows resized on the engine's device, not here
     prefetch = (processes.prefetcher(ahead, resize is None) if processes
                 else Prefetcher(reader, settings.readers, ahead, resize=resize is None))
     flight: deque = deque()

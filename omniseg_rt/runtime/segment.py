@@ -67,10 +67,9 @@ def segment(
     or (``read_with="processes"``) worker processes, which a GPU engine needs to stay busy;
     ``write_processes`` trace the polygons while outputs are written (default: a quarter of the
     cores, at most 8: none on small machines, where they would take the engine's); ``write_slides``
-    slides are written at once while the next computes (default 1 + a cores / 8, at most 4). A
-    slide already complete for this request is
-    skipped; missing tissues are added; a slide complete for other settings fails unless
-    ``force`` (which redoes it for exactly this request).
+    slides are written at once while the next computes (default 1 + cores / 8, at most 4). A
+    slide already complete for this request is skipped; missing tissues are added; a slide
+    complete for other settings fails unless ``force`` (which redoes it for exactly this request).
 
     One run writes into ``out`` at a time (:class:`~omniseg_rt.folder_lock.FolderLock`): another
     run's lock raises :class:`~omniseg_rt.errors.BusyError`, or is waited for with ``wait``.
