@@ -83,15 +83,11 @@ def test_two_runs_into_one_folder_one_gets_the_lock_error_the_other_waits(demo_e
 def test_interrupted_run_says_how_to_resume_and_the_rerun_takes_the_lock_over(demo_engine, cmu_10x, tmp_path):
     out = tmp_path / "out"
     args = ["segment", str(CMU), "--engine", str(demo_engine), "--out", str(out), "--tissues", "10x"]
+    run = _start(*args)
     journal = out / NAME / ".work" / "journal.jsonl"
-    for _ in range(3):  # the signal lands within about a second of the slide's end: a run that won the race is redone
-        run = _start(*args)
-        _wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 1, run)
-        os.killpg(run.pid, signal.SIGINT)
-        _, stderr = run.communicate(timeout=120)
-        if not (run.returncode == 0 and f"{NAME}: done" in stderr):
-            break
-        shutil.rmtree(out)
+    _wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 1, run)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert "run the same command again to resume" in stderr and "Traceback" not in stderr
     assert not (out / ".omniseg-rt.lock.json").exists()  # released on the way out
