@@ -27,7 +27,10 @@ from omniseg_rt.runtime import segment
 CMU = SLIDES / "CMU-1-Small-Region.svs"
 DICOM = SLIDES / "dicom-camelyon"
 NAME = "CMU-1-Small-Region"
-CLI = "import sys; from omniseg_rt.cli import main; sys.argv = ['omniseg-rt', *sys.argv[1:]]; main()"
+# Ctrl-C raises KeyboardInterrupt in the run even when this test runs as a background job (whose
+# children inherit SIGINT ignored, and Python then installs no handler)
+CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "from omniseg_rt.cli import main; sys.argv = ['omniseg-rt', *sys.argv[1:]]; main()")
 
 
 def _start(*args: str) -> subprocess.Popen:
