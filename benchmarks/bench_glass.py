@@ -36,8 +36,17 @@ print(json.dumps({"status": r.status, "reason": r.reason, "windows": r.windows, 
 """
 
 
+PHASE = 3072  # 8 strides of the default plan (384 px), 6 tiles, 96 px of the tissue detector at 8 um/px
+
+
+def _origin(side: int) -> int:
+    """Top-left of the tissue square: near the middle, at the same place relative to the window
+    grid and the tissue detector's pixels on every slide, so every slide has the same windows."""
+    return (side // 2) // PHASE * PHASE
+
+
 def glass_slide(path: Path, side: int) -> Path:
-    """A ``side`` x ``side`` px slide at 0.25 um/px, white but for a tissue square in the middle."""
+    """A ``side`` x ``side`` px slide at 0.25 um/px, white but for a tissue square near the middle."""
     import tifffile
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -49,7 +58,7 @@ def glass_slide(path: Path, side: int) -> Path:
     def tiles(level: int):
         down = 2**level
         size, part = -(-side // down), square[::down, ::down]
-        start = (side // 2) // down
+        start = _origin(side) // down
         for ty in range(0, size, TILE):
             for tx in range(0, size, TILE):
                 ys, xs = max(ty, start), max(tx, start)
