@@ -33,15 +33,20 @@ from omniseg_rt.tissues import TISSUES
 
 class Spy:
     """A slice-only array (no ``__array__``): records the largest piece read, so a function that
-    materialises the whole mask fails or shows up in ``largest``."""
+    materialises the whole mask fails or shows up in ``largest``, and the columns [start, stop)
+    of every read of a 2-D array."""
 
     def __init__(self, array: np.ndarray):
         self.array, self.shape, self.ndim, self.dtype = array, array.shape, array.ndim, array.dtype
         self.largest = 0
+        self.columns: list[tuple[int, int]] = []
 
     def __getitem__(self, key):
         out = np.asarray(self.array[key])
         self.largest = max(self.largest, out.size)
+        if self.ndim == 2:
+            cols = key[1] if isinstance(key, tuple) and len(key) == 2 else slice(None)
+            self.columns.append(cols.indices(self.shape[1])[:2] if isinstance(cols, slice) else (cols, cols + 1))
         return out
 
 
@@ -456,6 +461,7 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
                       tissue_mpp=1.0)
     occupied = Occupancy(plan)
     assert occupied(0, 10, 0, 10) and not occupied(800, 1500, 0, 2000) and not occupied(0, 1500, 800, 2000)
+    assert occupied.columns(0, 100) == (0, 768) and occupied.columns(800, 1500) is None
     masks = np.zeros((2, 1500, 2000), np.uint8)
     masks[0, 100:300, 50:500] = 255
     masks[1, 400:700, 200:760] = 255  # up to the last occupied cell's edge (768)
@@ -472,6 +478,9 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
         sparse = [(p.area, n) for p, n in mask_objects(_Guarded(masks[channel], (800, 1500, 0, 2000)), band_rows=100,
                                                        occupied=occupied)]
         assert sparse == [(p.area, n) for p, n in mask_objects(masks[channel], band_rows=100)]
+        spy = Spy(masks[channel])  # tracing reads only the columns of the plan's cells
+        assert [(p.area, n) for p, n in mask_objects(spy, band_rows=100, occupied=occupied)] == sparse
+        assert spy.columns and max(stop for _, stop in spy.columns) <= 768
         assert np.array_equal(downsample_mask(_Guarded(masks[channel], (800, 1500, 0, 2000)), (150, 200), occupied),
                               downsample_mask(masks[channel], (150, 200)))
     stats = tissue_stats([0, 1], guarded, 1.0, 1.0, {}, occupied=occupied)

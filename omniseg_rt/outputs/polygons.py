@@ -58,11 +58,14 @@ class _Objects:
 class _Band:
     """Pass 2's work in one band: rows [top, top + rows); ``label_object[label]``: the object a
     band label (1..n) is, where that object lies wholly in this band (-1 elsewhere, and for 0);
-    ``spanning``: objects seeded in this band that reach into others."""
+    ``spanning``: objects seeded in this band that reach into others; columns [left, right): the
+    part of the band that was labelled (where the mask can be nonzero)."""
 
     top: int
     label_object: np.ndarray
     spanning: np.ndarray
+    left: int
+    right: int
 
 
 def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Objects, list[_Band]]:
@@ -70,20 +73,23 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
     with objects, what pass 2 traces there."""
     height, width = mask.shape
     frags: list[np.ndarray] = []  # per band: int64 [n, 6] = r0, r1, c0, c1, count, seed key
-    tops: list[tuple[int, int, int]] = []  # per band with fragments: top, first fragment id, fragments
+    tops: list[tuple[int, int, int, int, int]] = []  # per band with fragments: top, left, right, first id, count
     edges: list[np.ndarray] = []  # int64 [m, 2] pairs of fragment ids that touch across a border
     offset = 0
     prev_last: np.ndarray | None = None  # fragment ids (+1, 0 = background) of the row above
     for top in range(0, height, band_rows):
-        if occupied is not None and not occupied(top, top + band_rows, 0, width):
+        span = _columns(occupied, top, top + band_rows, width)
+        if span is None:
             prev_last = None  # an empty band: nothing to join across its borders
             continue
-        band = np.asarray(mask[top : top + band_rows]) != 0
+        left, right = span
+        band = np.asarray(mask[top : top + band_rows, left:right]) != 0
         labels, n = _label(band)
         if n:
-            frags.append(_fragments(labels, n, top, width))
-            tops.append((top, offset, n))
-        first = np.where(labels[0] > 0, labels[0].astype(np.int64) + offset, 0)
+            frags.append(_fragments(labels, n, top, left, width))
+            tops.append((top, left, right, offset, n))
+        first = np.zeros(width, np.int64)  # full-width rows: the next band may span other columns
+        first[left:right] = np.where(labels[0] > 0, labels[0].astype(np.int64) + offset, 0)
         if prev_last is not None:
             for shift in (-1, 0, 1):  # 8-connected neighbours across the border
                 a = prev_last[max(0, -shift) : width - max(0, shift)]
@@ -91,7 +97,8 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
                 hit = (a > 0) & (b > 0)
                 if hit.any():
                     edges.append(np.unique(np.stack([a[hit], b[hit]], axis=1), axis=0) - 1)
-        prev_last = np.where(labels[-1] > 0, labels[-1].astype(np.int64) + offset, 0)
+        prev_last = np.zeros(width, np.int64)
+        prev_last[left:right] = np.where(labels[-1] > 0, labels[-1].astype(np.int64) + offset, 0)
         offset += n
     if offset == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -117,11 +124,22 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
     spanning = np.flatnonzero(fragments[by_seed] > 1)
     spanning_band = found.seed_r[spanning] // band_rows
     bands = []
-    for top, first_id, n in tops:
+    for top, left, right, first_id, n in tops:
         ids = slice(first_id, first_id + n)
         label_object = np.concatenate([[-1], np.where(whole[ids], frag_object[ids], -1)])
-        bands.append(_Band(top, label_object, spanning[spanning_band == top // band_rows]))
+        bands.append(_Band(top, label_object, spanning[spanning_band == top // band_rows], left, right))
     return found, bands
+
+
+def _columns(occupied, y0: int, y1: int, width: int) -> tuple[int, int] | None:
+    """Columns [x0, x1) of rows [y0, y1) where the mask can be nonzero: all of them without
+    ``occupied``; None where it says the rows are empty; the span of its cells where it can say
+    (``occupied.columns``, e.g. :class:`omniseg_rt.slide.plan.Occupancy`)."""
+    if occupied is None:
+        return 0, width
+    if hasattr(occupied, "columns"):
+        return occupied.columns(y0, y1)
+    return (0, width) if occupied(y0, y1, 0, width) else None
 
 
 def _label(pixels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -131,9 +149,10 @@ def _label(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(pixels, structure=_EIGHT)
 
 
-def _fragments(labels: np.ndarray, n: int, top: int, width: int) -> np.ndarray:
-    """int64 [n, 6] per label 1..n of a band whose first row is mask row ``top``: rows [r0, r1),
-    cols [c0, c1), pixel count, seed key (row * width + col of its first pixel, row-major)."""
+def _fragments(labels: np.ndarray, n: int, top: int, left: int, width: int) -> np.ndarray:
+    """int64 [n, 6] per label 1..n of a band whose pixel (0, 0) is mask pixel (``top``, ``left``):
+    rows [r0, r1), cols [c0, c1), pixel count, seed key (row * width + col of its first pixel,
+    row-major; ``width``: the mask's)."""
     flat = labels.ravel()
     pixels = np.flatnonzero(flat)
     first = np.full(n + 1, np.iinfo(np.int64).max)
@@ -145,9 +164,10 @@ def _fragments(labels: np.ndarray, n: int, top: int, width: int) -> np.ndarray:
     rows[:, 2] = [cs.start for _, cs in boxes]
     rows[:, 3] = [cs.stop for _, cs in boxes]
     rows[:, :2] += top
+    rows[:, 2:4] += left
     rows[:, 4] = np.bincount(flat[pixels], minlength=n + 1)[1:]
     seed_r, seed_c = np.divmod(first[1:], labels.shape[1])
-    rows[:, 5] = (top + seed_r) * width + seed_c
+    rows[:, 5] = (top + seed_r) * width + left + seed_c
     return rows
 
 
@@ -437,12 +457,13 @@ def _jobs(mask: np.ndarray, band_rows: int, occupied) -> Iterator[tuple]:
 
 
 def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects) -> tuple:
-    """What :func:`_trace_band` needs for one band: (the band's pixels, or None when no object
-    lies wholly in it; its top row; ``label_object``; the counts of the objects it names; the
-    components of its spanning objects as (object, bool crop, top row, left col))."""
+    """What :func:`_trace_band` needs for one band: (the band's pixels -- the columns pass 1
+    labelled --, or None when no object lies wholly in it; their top row and left column;
+    ``label_object``; the counts of the objects it names; the components of its spanning objects
+    as (object, bool crop, top row, left col))."""
     pixels = None
     if (band.label_object >= 0).any():
-        pixels = np.asarray(mask[band.top : band.top + band_rows]) != 0
+        pixels = np.asarray(mask[band.top : band.top + band_rows, band.left:band.right]) != 0
     crops = []
     for k in band.spanning:
         r0, r1, c0, c1 = (int(a[k]) for a in (found.r0, found.r1, found.c0, found.c1))
@@ -453,17 +474,17 @@ def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects) ->
         crops.append((int(k), component, r0, c0))
     named = np.concatenate([band.label_object[band.label_object >= 0], band.spanning])
     counts = dict(zip(named.tolist(), found.count[named].tolist()))
-    return pixels, band.top, band.label_object, counts, crops
+    return pixels, band.top, band.left, band.label_object, counts, crops
 
 
-def _trace_band(pixels: np.ndarray | None, top: int, label_object: np.ndarray, counts: dict[int, int],
+def _trace_band(pixels: np.ndarray | None, top: int, left: int, label_object: np.ndarray, counts: dict[int, int],
                 crops: list, tolerance: float) -> list[tuple[Polygon, int]]:
     """One band's objects as (Polygon, pixel count), in object order (what a tracing process
     runs): the objects within the band traced together, then each spanning one in its box."""
     objects, traced = [np.zeros(0, np.int64)], [np.zeros(0, object)]
     if pixels is not None:
         labels, _ = _label(pixels)  # the labels of pass 1
-        rings = _rings(pixels, top, 0)
+        rings = _rings(pixels, top, left)
         o, t = _polygons(rings, label_object[labels[rings.pixel[:, 0], rings.pixel[:, 1]]])
         objects.append(o)
         traced.append(t)

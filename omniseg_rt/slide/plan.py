@@ -145,6 +145,7 @@ class Occupancy:
     def __init__(self, plan: GroupPlan) -> None:
         self.stride = plan.window - plan.overlap
         height, width = plan.canvas
+        self.width = width
         grid = np.zeros((math.ceil(height / self.stride), math.ceil(width / self.stride)), np.int64)
         for band in plan.bands:
             for spec in band:
@@ -159,3 +160,16 @@ class Occupancy:
         r1, c1 = min(rows, max(r0, -(-y1 // self.stride))), min(cols, max(c0, -(-x1 // self.stride)))
         t = self._table
         return bool(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0])
+
+    def columns(self, y0: int, y1: int) -> tuple[int, int] | None:
+        """The canvas columns [x0, x1) spanning every cell that meets rows [y0, y1); None when none
+        does (what a writer reading those rows needs to read)."""
+        rows = self._table.shape[0] - 1
+        r0 = min(rows, max(0, y0 // self.stride))
+        r1 = min(rows, max(r0, -(-y1 // self.stride)))
+        t = self._table
+        per_column = np.diff(t[r1] - t[r0])  # cells of those rows, per column of cells
+        hit = np.flatnonzero(per_column)
+        if not len(hit):
+            return None
+        return int(hit[0]) * self.stride, min(self.width, (int(hit[-1]) + 1) * self.stride)
