@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
+
 @dataclass(frozen=True)
 class _Objects:
     """Per-object arrays, all [N], sorted by seed: bbox rows [r0, r1), cols [c0, c1), count,

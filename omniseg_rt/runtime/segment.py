@@ -20,6 +20,7 @@ from omniseg_rt.engines.manifest import EngineManifest, read_engine_manifest
 from omniseg_rt.errors import InvalidInputError, OmnisegError, UsageError
 from omniseg_rt.fileutil import temp_path
 from omniseg_rt.folder_lock import FolderLock
+from omniseg_rt.hardware import default_threads
 from omniseg_rt.outputs import check_summary_csv, update_summary_csv
 from omniseg_rt.runtime.finish import remove_temp_files
 from omniseg_rt.runtime.pipeline import PendingWrite, SlideResult, compute_slide
@@ -183,15 +184,11 @@ class _TracingPool:
 def default_write_slides() -> int:
     """Slides written at once by default: one, plus one per 8 cores, at most 4 (a fast GPU engine
     computes a slide in less time than one core writes it)."""
-    from omniseg_rt.hardware import default_threads
-
     return min(4, 1 + default_threads() // 8)
 
 
 def default_write_processes() -> int:
     """Polygon-tracing processes by default: a quarter of the cores, at most 8 (0 on 1-3 cores)."""
-    from omniseg_rt.hardware import default_threads
-
     return min(8, default_threads() // 4)
 
 

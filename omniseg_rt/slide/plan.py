@@ -155,21 +155,24 @@ class Occupancy:
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> bool:
         """True when canvas rows [y0, y1) x cols [x0, x1) overlap a cell of the plan."""
-        rows, cols = self._table.shape[0] - 1, self._table.shape[1] - 1
-        r0, c0 = min(rows, max(0, y0 // self.stride)), min(cols, max(0, x0 // self.stride))
-        r1, c1 = min(rows, max(r0, -(-y1 // self.stride))), min(cols, max(c0, -(-x1 // self.stride)))
+        (r0, r1), (c0, c1) = self._cells(y0, y1, 0), self._cells(x0, x1, 1)
         t = self._table
         return bool(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0])
 
     def columns(self, y0: int, y1: int) -> tuple[int, int] | None:
         """The canvas columns [x0, x1) spanning every cell that meets rows [y0, y1); None when none
         does (what a writer reading those rows needs to read)."""
-        rows = self._table.shape[0] - 1
-        r0 = min(rows, max(0, y0 // self.stride))
-        r1 = min(rows, max(r0, -(-y1 // self.stride)))
+        r0, r1 = self._cells(y0, y1, 0)
         t = self._table
         per_column = np.diff(t[r1] - t[r0])  # cells of those rows, per column of cells
         hit = np.flatnonzero(per_column)
         if not len(hit):
             return None
         return int(hit[0]) * self.stride, min(self.width, (int(hit[-1]) + 1) * self.stride)
+
+    def _cells(self, v0: int, v1: int, axis: int) -> tuple[int, int]:
+        """Cells [i0, i1) along ``axis`` (0 rows, 1 columns) that canvas pixels [v0, v1) meet,
+        clamped to the grid."""
+        n = self._table.shape[axis] - 1
+        i0 = min(n, max(0, v0 // self.stride))
+        return i0, min(n, max(i0, -(-v1 // self.stride)))
