@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,39 @@ def round_robin_seconds(runs: list[Callable[[], object]], repeats: int) -> list[
         for run, times in zip(runs, samples):
             times.append(median_seconds(run, 1)[0])
     return samples
+
+
+class GpuBusy:
+    """Share of the time the GPU ran a kernel while the ``with`` block ran: NVML's utilisation
+    (through ``torch.cuda.utilization``, which needs no CUDA context) sampled every ``every``
+    seconds; ``fraction`` is None without a GPU or NVML."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.samples, self.fraction = every, [], None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import torch
+
+        while not self._stop.wait(self.every):
+            self.samples.append(torch.cuda.utilization())
+
+    def __enter__(self) -> GpuBusy:
+        try:
+            import torch
+
+            torch.cuda.utilization()
+        except Exception:  # no torch, no GPU or no NVML: nothing to sample
+            return self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self.fraction = round(statistics.fmean(self.samples) / 100, 3) if self.samples else None
 
 
 def environment() -> dict:

@@ -35,7 +35,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from _common import PATCHES, REPO, environment, write_result
+from _common import PATCHES, REPO, GpuBusy, environment, write_result
 from bench_segment import engine_alone_seconds
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.slide import detect_tissue, open_slide
@@ -162,9 +162,10 @@ def main() -> None:
             variants = [(how, None) for how in args.read_with] + ([("threads", args.before)] if args.before else [])
             for how, code in variants:
                 env = {**os.environ, "PYTHONPATH": str(code.resolve())} if code else None
-                out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(engine_dir),
-                                      str(tmp / f"seg-{how}-{'before' if code else 'now'}"), str(args.readers), how],
-                                     capture_output=True, text=True, cwd=code or REPO, check=True, env=env)
+                with GpuBusy() as busy:
+                    out = subprocess.run([sys.executable, "-c", RUN, str(folder), str(engine_dir),
+                                          str(tmp / f"seg-{how}-{'before' if code else 'now'}"), str(args.readers), how],
+                                         capture_output=True, text=True, cwd=code or REPO, check=True, env=env)
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 done = [s for s in run["slides"] if s["status"] == "done"]
                 assert len(done) == len(slides), run["slides"]
@@ -176,19 +177,20 @@ def main() -> None:
                        "slides": len(done), "windows": total, "wall_s": round(run["wall"], 2),
                        "windows_per_s": round(total / run["wall"], 2), "alone_windows_per_s": round(rate_alone, 2),
                        "ratio": round(total / run["wall"] / rate_alone, 3), "seconds": breakdown,
-                       "peak_rss_mb": round(run["peak_rss_mb"])}
+                       "peak_rss_mb": round(run["peak_rss_mb"]), "gpu_busy": busy.fraction}
                 rows.append(row)
                 console.print(row)
     device = torch.cuda.get_device_name(0) if gpu else environment()["cpu"]
     table = Table(title=f"segment of {args.slides} slides of {side}^2 px at 0.25 um/px (real tissue), all six tissues, "
                         f"{device}")
     for column in ("engine", "reading", "batch", "windows", "windows/s", "alone", "ratio", "seconds t/r/i/s/w",
-                   "peak RSS MB"):
+                   "peak RSS MB", "GPU busy"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["engine"], f"{r['readers']} {r['read_with']}", str(r["batch"]), str(r["windows"]),
                       f"{r['windows_per_s']:.1f}", f"{r['alone_windows_per_s']:.1f}", f"{r['ratio']:.2f}",
-                      "/".join(f"{v:.0f}" for v in r["seconds"].values()), str(r["peak_rss_mb"]))
+                      "/".join(f"{v:.0f}" for v in r["seconds"].values()), str(r["peak_rss_mb"]),
+                      "" if r["gpu_busy"] is None else f"{r['gpu_busy']:.0%}")
     console.print(table)
     path = write_result(f"pipeline_{'cuda' if gpu else 'cpu'}", {
         "environment": {**environment(), "device": device}, "side": side, "rows": rows})

@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import REPO, environment, parser, write_result
+from _common import REPO, GpuBusy, environment, parser, write_result
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.runtime import segment
@@ -97,8 +97,9 @@ def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | No
     ``readers`` threads or processes); time the same windows through the runners alone (warm)."""
     with open_engine(engine_dir, threads=threads) as engine:
         start = time.perf_counter()
-        [result] = segment(slide, engine=engine, out=tmp / f"seg-{blend}-{read_with}-{write_processes}", mpp=mpp, readers=readers,
-                           blend=blend, read_with=read_with, write_processes=write_processes)
+        with GpuBusy() as busy:
+            [result] = segment(slide, engine=engine, out=tmp / f"seg-{blend}-{read_with}-{write_processes}", mpp=mpp, readers=readers,
+                               blend=blend, read_with=read_with, write_processes=write_processes)
         wall = time.perf_counter() - start
         assert result.status == "done", result.reason
         settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
@@ -118,7 +119,7 @@ def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | No
             "wall_seconds": wall,
             "windows_per_second": windows / wall, "engine_alone_seconds": alone,
             "engine_alone_windows_per_second": windows / alone, "ratio": alone / wall,
-            "breakdown_seconds": result.seconds, "batch": settings["batch"]}
+            "breakdown_seconds": result.seconds, "batch": settings["batch"], "gpu_busy": busy.fraction}
 
 
 def peak_rss(engine_dir, tmp: Path) -> list[dict]:
@@ -173,6 +174,8 @@ def main() -> None:
                       f"{e2e['windows_per_second']:.2f}")
         table.add_row(blend + "engine alone windows/s", f"{e2e['engine_alone_windows_per_second']:.2f}")
         table.add_row(blend + "ratio (target >= 0.9)", f"{e2e['ratio']:.2f}")
+        if e2e["gpu_busy"] is not None:
+            table.add_row(blend + "GPU busy (NVML utilisation during segment)", f"{e2e['gpu_busy']:.0%}")
         seconds = e2e["breakdown_seconds"]
         table.add_row(blend + "seconds: " + ", ".join(seconds), ", ".join(f"{v:.1f}" for v in seconds.values()))
     for r in rss:
