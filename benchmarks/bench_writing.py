@@ -98,7 +98,7 @@ def main() -> None:
                       f"{100 * r['max_area_error']:.2f} %", f"{(r['tracing'] + r['geojson']) / ours:.2f}")
     Console(width=140).print(table)
     print(f"segment's write phase (all outputs), from the slide's manifest: {write_seconds:.1f} s")
-    path = write_result(f"writing_{args.slide.stem}", {"environment": environment(), "rows": rows,
+    path = write_result(f"writing_{args.slide.stem if args.outputs is None else folder.name}", {"environment": environment(), "rows": rows,
                                                         "segment_write_seconds": write_seconds})
     print(f"wrote {path}")
 

@@ -156,8 +156,14 @@ def _in_level0(found, scale: float, width: float, height: float, chunk: int = 10
     """(Polygon, count) pairs in mask pixels -> Polygons in level-0 pixels (times ``scale``),
     clipped to the slide; scaled ``chunk`` at a time."""
     for part in iter(lambda: [polygon for polygon, _ in itertools.islice(found, chunk)], []):
-        for polygon in to_level0(np.array(part, dtype=object), scale, scale):
-            yield from clip_to_slide(polygon, width, height)
+        polygons = to_level0(np.array(part, dtype=object), scale, scale)
+        bounds = shapely.bounds(polygons)
+        inside = (bounds[:, :2] >= 0).all(axis=1) & (bounds[:, 2] <= width) & (bounds[:, 3] <= height)
+        for polygon, within in zip(polygons.tolist(), inside.tolist()):
+            if within:
+                yield polygon
+            else:
+                yield from clip_to_slide(polygon, width, height)
 
 
 def clip_to_slide(polygon: Polygon, width: float, height: float) -> list[Polygon]:
