@@ -139,6 +139,13 @@ def main() -> None:
     threads = args.threads or None
     console = Console(width=150)
     rows, timings = [], []
+    device_name = torch.cuda.get_device_name(0) if gpu else environment()["cpu"]
+
+    def save(rows: list, timings: list, resizing: list) -> Path:
+        return write_result(f"torch_engine_{args.device}", {
+            "environment": {**environment(), "device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda},
+            "precision": precision, "window": window, "builds": rows, "timings": timings, "resizing": resizing})
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ref_path, _ = build_engine(None, backend="onnxruntime", precision="fp32", device="cpu", tissues="all",
@@ -150,7 +157,8 @@ def main() -> None:
                             for b in batches]
         builds = [("eager", None, max(batches))]
         for mode in args.modes:
-            builds += [(f"compiled {mode}", mode, b) for b in (args.autotune_batches if mode == "max-autotune" else batches)]
+            sizes = args.autotune_batches if mode == "max-autotune" else sorted(batches, key=lambda b: (b != 32, -b))
+            builds += [(f"compiled {mode}", mode, b) for b in sizes]  # the pipeline's batch first: a cut run keeps it
         for name, mode, batch in builds:
             console.print(f"building {name}, batch {batch}")
             path, manifest = build_engine(None, backend="torch", precision=precision, device=args.device,
@@ -169,11 +177,13 @@ def main() -> None:
                 row["mask_agreement"] = float(((got > 0) == (reference > 0)).mean())
                 for b in (batches if mode is None else [batch]):
                     timings.append({"engine": name, **time_runner(runner, windows, b, args.device, args.repeats)})
+                    console.print(f"{name}, batch {b}: {b / timings[-1]['compute_s']:.1f} windows/s, host copies "
+                                  f"{ {k: round(1000 * v, 2) for k, v in timings[-1].get('copy_s', {}).items()} } ms")
             rows.append(row)
             console.print(row)
+            save(rows, timings, [])  # so far: a run cut short by the device call's limit keeps what it measured
 
     resizing = time_resizing(args.device, max(batches), window, args.repeats)
-    device_name = torch.cuda.get_device_name(0) if gpu else environment()["cpu"]
     table = Table(title=f"torch engines alone, {precision}, {window}x{window}, all six tissues, {device_name}")
     for column in ("engine", "batch", "windows/s", "x eager", "copy f32 ms", "copy f16 ms", "copy masks ms",
                    "shipped masks ms", "shipped % compute"):
@@ -205,10 +215,7 @@ def main() -> None:
         resize_table.add_row(str(r["from"]), f"{1000 * r['device_s']:.1f}", f"{1000 * r['pil_one_core_s']:.1f}",
                              f"{r['pil_one_core_s'] / r['device_s']:.1f}")
     console.print(resize_table)
-    path = write_result(f"torch_engine_{args.device}", {
-        "environment": {**environment(), "device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda},
-        "precision": precision, "window": window, "builds": rows, "timings": timings, "resizing": resizing})
-    console.print(f"wrote {path}")
+    console.print(f"wrote {save(rows, timings, resizing)}")
 
 
 if __name__ == "__main__":
