@@ -4,10 +4,12 @@ Writes ``--slides`` slides at run time from real kidney tissue (the shared patch
 an elliptical tissue region on white glass; JPEG tiles, a 4-level pyramid, an Aperio description
 with 0.25 um/px), ``--side`` px square (default 20480 on a GPU, 6144 on a CPU), then per engine:
 
-  - the engine alone: its runners on the first slide's windows, in segment's batches (real pixels);
+  - the engine alone: its runners on the first slide's windows, in segment's batches (real pixels),
+    handing back what segment takes (host margins from a CPU engine, uint8 masks of the cells from
+    a GPU one: ``bench_segment.engine_alone_seconds``);
   - ``segment`` of the folder, all six tissues, in a fresh process (threads or processes reading):
     windows/s end to end, the time breakdown summed over slides, peak RSS (that process and its
-    reading processes);
+    reading processes), and the GPU's busy share (NVML) while it ran;
   - the ratio end to end / alone, which is the share of the time the engine is kept busy.
 
 Engines: ``--engine DIR`` (repeatable); default on a GPU: eager and compiled torch fp16 engines of
