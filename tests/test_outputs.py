@@ -405,6 +405,38 @@ def test_downsample_mask_keeps_small_objects(tmp_path):
         downsample_mask(full, (0, 10))
 
 
+class _Columns:
+    """An ``occupied`` that knows the columns of some rows (as ``Occupancy`` does): rows [y0, y1),
+    columns [x0, x1) of a mask, nothing elsewhere."""
+
+    def __init__(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        self.region = (y0, y1, x0, x1)
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        r0, r1, c0, c1 = self.region
+        return y0 < r1 and r0 < y1 and x0 < c1 and c0 < x1
+
+    def columns(self, y0: int, y1: int):
+        r0, r1, c0, c1 = self.region
+        return (c0, c1) if y0 < r1 and r0 < y1 else None
+
+
+def test_downsample_mask_reads_only_the_occupied_columns_and_pools_the_same():
+    rng = np.random.default_rng(3)
+    for (height, width), region, out_shape in [((1000, 1300), (200, 700, 333, 901), (77, 91)),
+                                               ((1000, 1300), (0, 1000, 0, 1), (100, 130)),
+                                               ((40, 30), (5, 31, 7, 29), (97, 61)),   # upsampling both ways
+                                               ((300, 50), (10, 250, 20, 50), (30, 120))]:
+        full = np.zeros((height, width), np.uint8)
+        y0, y1, x0, x1 = region
+        full[y0:y1, x0:x1] = rng.integers(0, 2, (y1 - y0, x1 - x0)) * 255
+        spy = Spy(full)
+        got = downsample_mask(spy, out_shape, _Columns(*region))
+        assert np.array_equal(got, downsample_mask(full, out_shape)), (region, out_shape)
+        assert spy.columns and min(a for a, _ in spy.columns) >= x0 - width // out_shape[1] - 1
+        assert max(b for _, b in spy.columns) <= x1 + width // out_shape[1] + 1
+
+
 def test_render_overlay_paints_colours_and_legend(tmp_path):
     thumb = np.full((80, 120, 3), 200, np.uint8)
     pt = np.zeros((80, 120), bool)
@@ -430,10 +462,11 @@ def test_render_overlay_paints_colours_and_legend(tmp_path):
 
 class _Guarded:
     """A [T, H, W] or [H, W] uint8 array that fails any read lying wholly inside ``forbidden``
-    (y0, y1, x0, x1): a region known to be empty, which no reader needs to look at."""
+    (y0, y1, x0, x1): a region known to be empty, which no reader needs to look at (``touching``:
+    any read that reaches into it)."""
 
-    def __init__(self, array: np.ndarray, forbidden: tuple[int, int, int, int]) -> None:
-        self.array, self.forbidden = array, forbidden
+    def __init__(self, array: np.ndarray, forbidden: tuple[int, int, int, int], touching: bool = False) -> None:
+        self.array, self.forbidden, self.touching = array, forbidden, touching
         self.shape, self.ndim, self.dtype = array.shape, array.ndim, array.dtype
 
     def __getitem__(self, key):
@@ -444,7 +477,8 @@ class _Guarded:
         y0, y1, x0, x1 = self.forbidden
         r = range(*rows.indices(self.shape[-2])) if isinstance(rows, slice) else [rows]
         c = range(*cols.indices(self.shape[-1])) if isinstance(cols, slice) else [cols]
-        if r and c and all(y0 <= v < y1 for v in r) and all(x0 <= v < x1 for v in c):
+        inside = any if self.touching else all
+        if r and c and inside(y0 <= v < y1 for v in r) and inside(x0 <= v < x1 for v in c):
             raise AssertionError(f"read {key} inside the region known to be empty {self.forbidden}")
         return self.array[key]
 
@@ -468,9 +502,11 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
     guarded = _Guarded(masks, (800, 1500, 0, 2000))
     with pytest.raises(AssertionError, match="known to be empty"):  # the guard bites a writer that reads it all
         write_mask_tiff(tmp_path / "all.ome.tif", guarded, ["DT", "PT"], 1.0, tile=256)
-    write_mask_tiff(tmp_path / "sparse.ome.tif", guarded, ["DT", "PT"], 1.0, tile=256, occupied=occupied)
+    # not even the reduced levels, whose tiles span the whole canvas, read into the empty region
+    write_mask_tiff(tmp_path / "sparse.ome.tif", _Guarded(masks, (800, 1500, 0, 2000), touching=True), ["DT", "PT"],
+                    1.0, tile=256, occupied=occupied)
     write_mask_tiff(tmp_path / "dense.ome.tif", masks, ["DT", "PT"], 1.0, tile=256)
-    for level in range(3):
+    for level in range(4):
         assert np.array_equal(read_mask_tiff(tmp_path / "sparse.ome.tif", level)[0],
                               read_mask_tiff(tmp_path / "dense.ome.tif", level)[0])
     assert (tmp_path / "sparse.ome.tif").stat().st_size <= (tmp_path / "dense.ome.tif").stat().st_size * 1.1

@@ -65,16 +65,35 @@ def _level_tiles(masks: np.ndarray, level: int, tile: int) -> Iterator[np.ndarra
         yield np.ascontiguousarray(masks[c, y0:y1:step, x0:x1:step], dtype=np.uint8)
 
 
+def _occupied_parts(masks: np.ndarray, c: int, region: tuple[int, int, int, int], step: int, tile: int,
+                    occupied: Callable[..., bool]) -> np.ndarray:
+    """One level tile (uint8 [tile, tile], zero-padded) of ``region`` (level-0 y0, y1, x0, x1,
+    sampled every ``step`` pixels), read only where ``occupied``: a reduced level's tile spans
+    ``tile * step`` level-0 pixels a side, mostly glass on a large slide, so it is read in
+    blocks of about ``tile`` level-0 pixels, the empty ones skipped (reading them would page in
+    the whole canvas at the coarse levels)."""
+    y0, y1, x0, x1 = region
+    out = np.zeros((tile, tile), np.uint8)
+    block = step * max(1, tile // step)  # level-0 pixels, a multiple of step: samples stay on the level's grid
+    for by in range(y0, y1, block):
+        for bx in range(x0, x1, block):
+            ey, ex = min(by + block, y1), min(bx + block, x1)
+            if occupied(by, ey, bx, ex):
+                part = masks[c, by:ey:step, bx:ex:step]
+                oy, ox = (by - y0) // step, (bx - x0) // step
+                out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
+    return out
+
+
 def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callable[..., bool]) -> Iterator[bytes]:
     """The tiles of :func:`_level_tiles`, zlib-compressed and padded to full tiles, with the
-    tiles ``occupied`` says are empty never read (one shared compressed empty tile)."""
+    tiles (and, at reduced levels, the parts of tiles) ``occupied`` says are empty never read
+    (one shared compressed empty tile)."""
     step = 2**level
     empty = zlib.compress(bytes(tile * tile))
 
-    def compress(region: np.ndarray) -> bytes:
-        full = np.zeros((tile, tile), np.uint8)
-        full[: region.shape[0], : region.shape[1]] = region
-        return zlib.compress(full.tobytes())
+    def compress(c: int, region: tuple[int, int, int, int]) -> bytes:
+        return zlib.compress(_occupied_parts(masks, c, region, step, tile, occupied).tobytes())
 
     def done(item) -> bytes:
         return item if isinstance(item, bytes) else item.result()
@@ -84,7 +103,7 @@ def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callab
         pending: deque = deque()  # compressed tiles and futures, in file order
         for c, y0, y1, x0, x1 in _tile_regions(masks.shape, level, tile):
             if occupied(y0, y1, x0, x1):
-                pending.append(pool.submit(compress, np.asarray(masks[c, y0:y1:step, x0:x1:step])))
+                pending.append(pool.submit(compress, c, (y0, y1, x0, x1)))
             else:
                 pending.append(empty)
             if len(pending) > 2 * workers:

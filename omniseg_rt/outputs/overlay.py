@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.outputs.regions import occupied_columns
 from omniseg_rt.tissues import tissue
 from omniseg_rt.fileutil import replacing
 
@@ -27,8 +28,8 @@ def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int], occupied=None)
     Full-resolution pixel (r, c) falls in low-resolution pixel (r * h // H, c * w // W); a
     low-resolution pixel is on if any pixel falling in it is on (max pooling). When upsampling
     on an axis, a low-resolution pixel takes the one pixel its top-left corner lies in. The
-    mask is read in bands of about 32 MiB; bands where ``occupied(y0, y1, x0, x1)`` is False are
-    known to be 0 and not read.
+    mask is read in bands of about 32 MiB, only where ``occupied`` (``outputs.regions``) says it
+    can be nonzero.
     """
     if getattr(mask, "ndim", None) != 2 or 0 in mask.shape:
         raise InvalidInputError(f"mask must be a non-empty 2-D [H, W] array; got shape {getattr(mask, 'shape', '?')}")
@@ -47,12 +48,15 @@ def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int], occupied=None)
         while i1 < h and row_end[i1] - row_start[i0] <= budget:
             i1 += 1
         top, bottom = int(row_start[i0]), int(row_end[i1 - 1])
-        if occupied is not None and not occupied(top, bottom, 0, width):
-            i0 = i1
-            continue
-        band = np.asarray(mask[top:bottom]) != 0
-        cols = np.logical_or.reduceat(band, col_start, axis=1)
-        out[i0:i1] = np.logical_or.reduceat(cols, row_start[i0:i1] - top, axis=0)
+        span = occupied_columns(occupied, top, bottom, width)
+        if span is not None:
+            # the out columns whose source pixels meet the span, and all their source pixels
+            j0 = int(np.searchsorted(col_start, col_start[np.searchsorted(col_start, span[0], "right") - 1]))
+            j1 = int(np.searchsorted(col_start, span[1]))
+            left, right = int(col_start[j0]), int(col_start[j1]) if j1 < w else width
+            band = np.asarray(mask[top:bottom, left:right]) != 0
+            cols = np.logical_or.reduceat(band, col_start[j0:j1] - left, axis=1)
+            out[i0:i1, j0:j1] = np.logical_or.reduceat(cols, row_start[i0:i1] - top, axis=0)
         i0 = i1
     return out
 

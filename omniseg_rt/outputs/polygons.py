@@ -35,6 +35,7 @@ from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Polygon
 
 from omniseg_rt.errors import InvalidInputError
+from omniseg_rt.outputs.regions import occupied_columns
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
     offset = 0
     prev_last: np.ndarray | None = None  # fragment ids (+1, 0 = background) of the row above
     for top in range(0, height, band_rows):
-        span = _columns(occupied, top, top + band_rows, width)
+        span = occupied_columns(occupied, top, top + band_rows, width)
         if span is None:
             prev_last = None  # an empty band: nothing to join across its borders
             continue
@@ -130,17 +131,6 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
         label_object = np.concatenate([[-1], np.where(whole[ids], frag_object[ids], -1)])
         bands.append(_Band(top, label_object, spanning[spanning_band == top // band_rows], left, right))
     return found, bands
-
-
-def _columns(occupied, y0: int, y1: int, width: int) -> tuple[int, int] | None:
-    """Columns [x0, x1) of rows [y0, y1) where the mask can be nonzero: all of them without
-    ``occupied``; None where it says the rows are empty; the span of its cells where it can say
-    (``occupied.columns``, e.g. :class:`omniseg_rt.slide.plan.Occupancy`)."""
-    if occupied is None:
-        return 0, width
-    if hasattr(occupied, "columns"):
-        return occupied.columns(y0, y1)
-    return (0, width) if occupied(y0, y1, 0, width) else None
 
 
 def _label(pixels: np.ndarray) -> tuple[np.ndarray, int]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.fileutil import atomic_write_text
+from omniseg_rt.outputs.regions import occupied_columns
 from omniseg_rt.tissues import tissue
 
 _BAND_BYTES = 64 << 20  # bytes of mask read at a time
@@ -26,14 +27,15 @@ _FIRST = ("slide", "status", "reason")
 
 def foreground_pixels(masks: np.ndarray, occupied=None) -> np.ndarray:
     """Nonzero pixels per channel of ``masks`` (uint8 [T, H, W], may be a memmap): int64 [T].
-    ``occupied(y0, y1, x0, x1) -> bool``: False where the masks are known to be 0 (not read)."""
+    ``occupied`` (``outputs.regions``): where the masks can be nonzero (nothing else is read)."""
     channels, height, width = masks.shape
     rows = max(1, _BAND_BYTES // max(1, channels * width))
     total = np.zeros(channels, dtype=np.int64)
     for top in range(0, height, rows):
-        if occupied is not None and not occupied(top, top + rows, 0, width):
+        span = occupied_columns(occupied, top, top + rows, width)
+        if span is None:
             continue
-        band = np.asarray(masks[:, top : top + rows])
+        band = np.asarray(masks[:, top : top + rows, span[0] : span[1]])
         total += np.count_nonzero(band.reshape(channels, -1), axis=1)
     return total
 

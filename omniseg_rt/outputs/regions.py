@@ -1,0 +1,15 @@
+"""Where a mask can be nonzero, as its writers ask: ``occupied(y0, y1, x0, x1) -> bool`` (False
+where the mask is known to be 0), and, where the callable can say (``occupied.columns(y0, y1)``,
+e.g. :class:`omniseg_rt.slide.plan.Occupancy`), the columns of some rows that can be nonzero."""
+
+from __future__ import annotations
+
+
+def occupied_columns(occupied, y0: int, y1: int, width: int) -> tuple[int, int] | None:
+    """Columns [x0, x1) of rows [y0, y1) where the mask can be nonzero: all of them without
+    ``occupied``; None where it says the rows are empty; the span of its cells where it can say."""
+    if occupied is None:
+        return 0, width
+    if hasattr(occupied, "columns"):
+        return occupied.columns(y0, y1)
+    return (0, width) if occupied(y0, y1, 0, width) else None
