@@ -50,8 +50,8 @@ class Region:
     def __init__(self, reader, origin: tuple[int, int]) -> None:
         self.reader, self.origin = reader, origin
 
-    def read(self, l0_xy, level, size):
-        return self.reader.read((l0_xy[0] + self.origin[0], l0_xy[1] + self.origin[1]), level, size)
+    def read_image(self, l0_xy, level, size):
+        return self.reader.read_image((l0_xy[0] + self.origin[0], l0_xy[1] + self.origin[1]), level, size)
 
 
 def plan_for(reader, group, region, overlap: int):

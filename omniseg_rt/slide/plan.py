@@ -130,10 +130,10 @@ def read_window(reader, spec: WindowSpec, resize: bool = True) -> np.ndarray:
     (for an engine that resizes on its device)."""
     from PIL import Image
 
-    rgb = reader.read(spec.l0_xy, spec.level, spec.read_size)
-    if resize and rgb.shape[:2] != (spec.window, spec.window):
-        rgb = np.asarray(Image.fromarray(rgb).resize((spec.window, spec.window), Image.BILINEAR))
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    image = reader.read_image(spec.l0_xy, spec.level, spec.read_size)
+    if resize and image.size != (spec.window, spec.window):
+        image = image.resize((spec.window, spec.window), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
 
 
 class Occupancy:
