@@ -35,3 +35,17 @@ def test_real_slides_geometry_and_tissue():
         assert slide.geometry.level_for(1.0) == 1 and slide.geometry.level_for(0.6) == 0
     with open_slide(SLIDES / "dicom-camelyon") as slide:
         assert slide.geometry.vendor == "dicom" and slide.geometry.mpp == pytest.approx(28.9685)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "dicom-camelyon"])
+def test_reads_past_the_slide_edge_are_glass_and_the_rest_unchanged(name):
+    """A region hanging over the top-left corner: the part outside the slide is white (glass),
+    the part inside equals the same pixels read wholly inside."""
+    import numpy as np
+
+    with open_slide(SLIDES / name, mpp=0.5) as slide:
+        over = slide.read((-40, -24), 0, (200, 100))
+        inside = slide.read((0, 0), 0, (160, 76))
+    assert over.shape == (100, 200, 3) and over.dtype == np.uint8
+    assert (over[:24] == 255).all() and (over[:, :40] == 255).all()
+    assert np.array_equal(over[24:, 40:], inside)
