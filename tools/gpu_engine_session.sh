@@ -4,16 +4,18 @@
 #   1. eager vs compiled fp16 torch engines alone: cold build / warm open, Dice vs ONNX Runtime fp32,
 #      windows/s at batch 1 8 32 64 with the host copy of the output apart (benchmarks/bench_torch_engine.py);
 #   2. builds eager and compiled fp16 engines (one all-tissue graph, batch 32);
-#   3. a lab's batch: three 20480^2 px slides written from real tissue, segmented with the eager and
-#      the compiled engine, reading on threads and on processes, against each engine alone, with the
-#      GPU's busy share (benchmarks/bench_pipeline.py);
-#   4. the real JPEG 2000 slide (TCGA sample, 0.5 um/px) end to end with the compiled engine
-#      (benchmarks/bench_segment.py).
+#   3. a lab's batch: three 20480^2 px slides written from real tissue, segmented with the compiled
+#      and the eager engine, reading on threads and on processes, against each engine alone, with
+#      the GPU's busy share (benchmarks/bench_pipeline.py);
+#   4. what the host can feed: windows/s read with 8 and 16 threads and processes, no engine
+#      (benchmarks/bench_reading.py);
+#   5. with REAL_SLIDE=1: the real JPEG 2000 slide (TCGA sample, 0.5 um/px) end to end with the
+#      compiled engine (benchmarks/bench_segment.py).
 # MAX_AUTOTUNE=1 adds max-autotune at batch 32 (about 5 minutes of tuning on an H200: raise
-# BENCH_SECONDS and lower the others). The timeouts add up to under 10 minutes (one device call);
+# BENCH_SECONDS and lower the others). The timeouts add up to under 10 minutes (one device call).
 # Everything is printed as it goes (tee it to a file under OUT: a stage cut short still reports its
 # finished rows); OUT gets the result JSONs, the compiled engine's manifest and nvidia-smi dmon's log
-# (six files: a device call brings back eight at most).
+# (at most seven files: a device call brings back eight).
 # Needs, carried beside the tree: .whl/ (openslide-python, openslide-bin, shapely and imagecodecs
 # (JPEG, zlib) wheels for cp312) and .gpu/shared/data (kidney_patches and slides/tcga-*.svs copied
 # from ../shared/data).
@@ -26,7 +28,7 @@ stage() { echo "== $(date +%T) $*"; }
 
 stage engines alone
 modes="default"; [ "${MAX_AUTOTUNE:-0}" = 1 ] && modes="default max-autotune"
-timeout "${BENCH_SECONDS:-200}" python3 benchmarks/bench_torch_engine.py --device cuda --modes $modes \
+timeout "${BENCH_SECONDS:-190}" python3 benchmarks/bench_torch_engine.py --device cuda --modes $modes \
     --threads 16 2>&1
 cp benchmarks/results/torch_engine_cuda.json "$out/" 2>/dev/null
 
@@ -38,14 +40,20 @@ timeout 70 python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend 
 cp /tmp/engine-compiled/manifest.json "$out/engine-compiled-manifest.json" 2>/dev/null
 
 stage pipeline
-timeout "${PIPELINE_SECONDS:-200}" python3 benchmarks/bench_pipeline.py --readers 8 --read-with threads processes \
-    --engine /tmp/engine-eager --engine /tmp/engine-compiled 2>&1
+timeout "${PIPELINE_SECONDS:-170}" python3 benchmarks/bench_pipeline.py --readers 8 --read-with threads processes \
+    --engine /tmp/engine-compiled --engine /tmp/engine-eager 2>&1
 cp benchmarks/results/pipeline_cuda.json "$out/" 2>/dev/null
 
-stage real slide
-timeout "${SEGMENT_SECONDS:-60}" python3 benchmarks/bench_segment.py --engine /tmp/engine-compiled --skip-rss \
-    --slide .gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs --mpp 0.5 --readers 8 --read-with threads processes \
-    2>&1
-cp benchmarks/results/segment_tcga-cr-7395-01a-01-ts1.json "$out/" 2>/dev/null
+stage reading
+timeout "${READING_SECONDS:-60}" python3 benchmarks/bench_reading.py --counts 8 16 --windows 800 2>&1
+cp benchmarks/results/reading_kidney.json "$out/" 2>/dev/null
+
+if [ "${REAL_SLIDE:-0}" = 1 ]; then
+    stage real slide
+    timeout "${SEGMENT_SECONDS:-60}" python3 benchmarks/bench_segment.py --engine /tmp/engine-compiled --skip-rss \
+        --slide .gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs --mpp 0.5 --readers 8 --read-with threads processes \
+        2>&1
+    cp benchmarks/results/segment_tcga-cr-7395-01a-01-ts1.json "$out/" 2>/dev/null
+fi
 stage end
 exit 0
