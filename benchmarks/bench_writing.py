@@ -71,7 +71,7 @@ def timed(tree: Path, folder: Path, repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slide", type=Path, default=SHARED / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs")
-    p.add_argument("--mpp", type=float, default=0.5, help="the slide's pixel size (the sample states none)")
+    p.add_argument("--mpp", type=float, help="the slide's pixel size, if it states none (the TCGA sample: 0.5)")
     p.add_argument("--engine", default=None)
     p.add_argument("--outputs", type=Path, default=None, help="a finished slide folder instead of segmenting")
     p.add_argument("--before", type=Path, default=None, help="another checkout of this repository to compare")
@@ -82,7 +82,8 @@ def main() -> None:
         if folder is None:
             from omniseg_rt.runtime import segment
 
-            [result] = segment(args.slide, engine=args.engine, out=Path(tmp) / "seg", mpp=args.mpp)
+            mpp = args.mpp or (0.5 if args.slide.name.startswith("tcga-cr-7395") else None)
+            [result] = segment(args.slide, engine=args.engine, out=Path(tmp) / "seg", mpp=mpp)
             assert result.status == "done", result.reason
             folder = Path(result.out)
         write_seconds = json.loads((folder / "manifest.json").read_text())["seconds"]["write"]
