@@ -41,10 +41,13 @@ def test_processes_read_the_same_windows_as_threads(name, mpp):
     with ReadProcesses(path, mpp, 2) as processes:
         prefetch = processes.prefetcher(ahead=4)
         got = list(prefetch.iterate(specs))
-    assert [spec for spec, _ in got] == specs, "windows come back in the order asked"
-    assert len(got) >= 10 and prefetch.seconds > 0
-    for (_, pixels), expected in zip(got, want):
+        # consecutive windows in chunks of 4 (the last one short): the same windows, in order
+        chunked = list(processes.prefetcher(ahead=7, chunk=4).iterate(specs))
+    assert [spec for spec, _ in got] == specs == [spec for spec, _ in chunked], "windows come back in the order asked"
+    assert len(got) >= 10 and prefetch.seconds > 0 and len(specs) % 4
+    for (_, pixels), (_, again), expected in zip(got, chunked, want):
         np.testing.assert_array_equal(pixels, expected)
+        np.testing.assert_array_equal(again, expected)
     with ReadProcesses(path, mpp, 2) as processes:  # as read at the level, for an engine that resizes
         raw = list(processes.prefetcher(ahead=4, resize=False).iterate(specs))
     assert [pixels.shape for _, pixels in raw] == [(3, *spec.read_size[::-1]) for spec in specs]

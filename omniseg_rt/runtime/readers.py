@@ -90,24 +90,72 @@ def _open_in_worker(path: str, mpp: float | None) -> None:
     _WORKER_READER = open_slide(Path(path), mpp)
 
 
-def _read_in_worker(spec: WindowSpec, resize: bool) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    pixels = read_window(_WORKER_READER, spec, resize)
-    return pixels, time.perf_counter() - start
+def _read_in_worker(specs: list[WindowSpec], resize: bool) -> list[tuple[np.ndarray, float]]:
+    out = []
+    for spec in specs:
+        start = time.perf_counter()
+        pixels = read_window(_WORKER_READER, spec, resize)
+        out.append((pixels, time.perf_counter() - start))
+    return out
+
+
+class _Chunks:
+    """Hands consecutive windows to one reading process together, ``size`` at a time: neighbouring
+    windows share the slide's tiles, which that process's tile cache then decodes once (dealt one
+    by one, each of N processes would see every N-th window and decode every tile it touches)."""
+
+    def __init__(self, pool: ProcessPoolExecutor, resize: bool, size: int) -> None:
+        self.pool, self.resize, self.size = pool, resize, max(1, size)
+        self.specs: list[WindowSpec] = []
+        self.items: list[_ChunkItem] = []
+
+    def submit(self, spec: WindowSpec) -> _ChunkItem:
+        item = _ChunkItem(self)
+        self.specs.append(spec)
+        self.items.append(item)
+        if len(self.specs) >= self.size:
+            self.flush()
+        return item
+
+    def flush(self) -> None:
+        """Send the windows collected so far (also when a reader waits on one of them)."""
+        if self.specs:
+            future = self.pool.submit(_read_in_worker, self.specs, self.resize)
+            for index, item in enumerate(self.items):
+                item.future, item.index = future, index
+            self.specs, self.items = [], []
+
+
+class _ChunkItem:
+    """One window of a chunk, as the :class:`Prefetcher` sees a future: ``result()`` and ``cancel()``."""
+
+    def __init__(self, chunks: _Chunks) -> None:
+        self.chunks, self.future, self.index = chunks, None, 0
+
+    def result(self) -> tuple[np.ndarray, float]:
+        if self.future is None:
+            self.chunks.flush()
+        return self.future.result()[self.index]
+
+    def cancel(self) -> bool:
+        return self.future.cancel() if self.future is not None else True
 
 
 class ReadProcesses:
     """``processes`` spawned workers reading one slide (opened once in each); started at once, so
-    they start up while the parent detects tissue. ``prefetcher(ahead, resize)`` reads through them."""
+    they start up while the parent detects tissue. ``prefetcher(ahead, resize)`` reads through them,
+    consecutive windows in chunks (:class:`_Chunks`) of about ``ahead / (2 * processes)``, at most
+    8, so every process still has work in flight."""
 
     def __init__(self, path: str | Path, mpp: float | None, processes: int) -> None:
         self.path = Path(path)
-        self.pool = ProcessPoolExecutor(max_workers=max(1, processes), mp_context=multiprocessing.get_context("spawn"),
+        self.processes = max(1, processes)
+        self.pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_open_in_worker, initargs=(str(self.path), mpp))
 
-    def prefetcher(self, ahead: int, resize: bool = True) -> Prefetcher:
-        return Prefetcher(None, 0, ahead, submit=lambda spec: self.pool.submit(_read_in_worker, spec, resize),
-                          describe=str(self.path))
+    def prefetcher(self, ahead: int, resize: bool = True, chunk: int | None = None) -> Prefetcher:
+        size = chunk or min(8, max(1, ahead // (2 * self.processes)))
+        return Prefetcher(None, 0, ahead, submit=_Chunks(self.pool, resize, size).submit, describe=str(self.path))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
