@@ -496,6 +496,8 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
     occupied = Occupancy(plan)
     assert occupied(0, 10, 0, 10) and not occupied(800, 1500, 0, 2000) and not occupied(0, 1500, 800, 2000)
     assert occupied.columns(0, 100) == (0, 768) and occupied.columns(800, 1500) is None
+    assert occupied.rows(0, 1500) == (0, 768) and occupied.rows(500, 1000) == (500, 768)
+    assert occupied.rows(800, 1500) is None
     masks = np.zeros((2, 1500, 2000), np.uint8)
     masks[0, 100:300, 50:500] = 255
     masks[1, 400:700, 200:760] = 255  # up to the last occupied cell's edge (768)
@@ -521,6 +523,39 @@ def test_writers_do_not_read_where_the_plan_has_no_cells(tmp_path):
                               downsample_mask(masks[channel], (150, 200)))
     stats = tissue_stats([0, 1], guarded, 1.0, 1.0, {}, occupied=occupied)
     assert [r["area_mm2"] for r in stats] == [r["area_mm2"] for r in tissue_stats([0, 1], masks, 1.0, 1.0, {})]
+
+
+def _resident_mb() -> float:
+    """This process's resident memory (VmRSS, anonymous and file-backed pages) in MB."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+def test_writers_of_a_mostly_glass_slide_stay_within_a_memory_bound(tmp_path):
+    """A 32,768^2 px canvas (1 GiB, memory-mapped, as segment keeps it) with tissue in one 2,048^2
+    px square: the mask TIFF (every pyramid level), the polygons, the overlay's downsampling and the
+    pixel counts together page in tens of MB, not the canvas (the reduced levels once read it all)."""
+    from omniseg_rt.outputs import downsample_mask, mask_objects, write_mask_tiff
+    from omniseg_rt.outputs.stats import foreground_pixels
+    from omniseg_rt.slide.plan import Occupancy, plan_group
+    from omniseg_rt.tissues import SCALE_GROUPS
+
+    side, square, top = 32768, 2048, 15360
+    tissue = np.zeros((side // 16, side // 16), bool)  # the tissue mask at 4 um/px
+    tissue[top // 16:(top + square) // 16, top // 16:(top + square) // 16] = True
+    plan = plan_group(SCALE_GROUPS[2], 0.25, 0.25, (side, side), (1.0,), lambda mpp: 0, 512, 128, tissue=tissue,
+                      tissue_mpp=4.0)
+    occupied = Occupancy(plan)
+    canvas = np.memmap(tmp_path / "40x.u8", dtype=np.uint8, mode="w+", shape=(1, side, side))  # sparse on disk
+    canvas[0, top:top + square, top:top + square] = blobs((square, square), seed=4)
+    before = _resident_mb()
+    write_mask_tiff(tmp_path / "mask_40x.ome.tif", canvas, ["PTC"], 0.25, occupied=occupied)
+    objects = sum(1 for _ in mask_objects(canvas[0], band_rows=4096, occupied=occupied))
+    low = downsample_mask(canvas[0], (2048, 2048), occupied)
+    counted = foreground_pixels(canvas, occupied)
+    grown = _resident_mb() - before
+    assert objects > 100 and low.any() and counted[0] == np.count_nonzero(canvas[0, top:top + square, top:top + square])
+    assert grown < 48, f"the writers paged in {grown:.0f} MB of a 1024 MB canvas with 4 MB of tissue"
 
 
 def test_tracing_processes_give_the_same_polygons_in_the_same_order():

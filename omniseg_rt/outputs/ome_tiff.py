@@ -29,7 +29,7 @@ import tifffile
 from omniseg_rt.errors import InvalidInputError, MissingFileError
 from omniseg_rt.fileutil import temp_path
 from omniseg_rt.hardware import default_threads
-from omniseg_rt.outputs.regions import occupied_columns
+from omniseg_rt.outputs.regions import occupied_columns, occupied_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,19 @@ def _occupied_parts(masks: np.ndarray, c: int, region: tuple[int, int, int, int]
     """One level tile (uint8 [tile, tile], zero-padded) of ``region`` (level-0 y0, y1, x0, x1,
     sampled every ``step`` pixels), read only where ``occupied``: a reduced level's tile spans
     ``tile * step`` level-0 pixels a side, mostly glass on a large slide, so it is read in
-    blocks of about ``tile`` level-0 pixels, the empty ones skipped (reading them would page in
-    the whole canvas at the coarse levels)."""
+    blocks of about ``tile`` level-0 pixels, the empty ones skipped and the others only in the
+    rows of the plan's cells (reading beside them would page in the canvas's glass)."""
     y0, y1, x0, x1 = region
     out = np.zeros((tile, tile), np.uint8)
     block = step * max(1, tile // step)  # level-0 pixels, a multiple of step: samples stay on the level's grid
     for by in range(y0, y1, block):
         for bx in range(x0, x1, block):
             ey, ex = min(by + block, y1), min(bx + block, x1)
-            if occupied(by, ey, bx, ex):
-                part = masks[c, by:ey:step, bx:ex:step]
-                oy, ox = (by - y0) // step, (bx - x0) // step
+            rows = occupied_rows(occupied, by, ey) if occupied(by, ey, bx, ex) else None
+            if rows is not None:
+                first = by + -(-(rows[0] - by) // step) * step  # the level's first sampled row among them
+                part = masks[c, first:rows[1]:step, bx:ex:step]
+                oy, ox = (first - y0) // step, (bx - x0) // step
                 out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
     return out
 

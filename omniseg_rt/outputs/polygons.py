@@ -35,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Polygon
 
 from omniseg_rt.errors import InvalidInputError
-from omniseg_rt.outputs.regions import occupied_columns
+from omniseg_rt.outputs.regions import occupied_columns, occupied_rows
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _find_objects(mask: np.ndarray, band_rows: int, occupied=None) -> tuple[_Obj
             prev_last = None  # an empty band: nothing to join across its borders
             continue
         left, right = span
-        band = np.asarray(mask[top : top + band_rows, left:right]) != 0
+        band = _read_band(mask, top, band_rows, left, right, occupied)
         labels, n = _label(band)
         if n:
             frags.append(_fragments(labels, n, top, left, width))
@@ -444,17 +444,29 @@ def _jobs(mask: np.ndarray, band_rows: int, occupied) -> Iterator[tuple]:
     found, bands = _find_objects(mask, band_rows, occupied)
     log.debug("%d objects in a %dx%d mask", len(found.count), mask.shape[1], mask.shape[0])
     for band in bands:
-        yield _band_job(mask, band, band_rows, found)
+        yield _band_job(mask, band, band_rows, found, occupied)
 
 
-def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects) -> tuple:
+def _read_band(mask: np.ndarray, top: int, band_rows: int, left: int, right: int, occupied) -> np.ndarray:
+    """bool [rows, right - left]: the band's pixels (its rows from ``top``, cut at the mask's
+    bottom) across columns [left, right), read only in the rows of the plan's cells (zero
+    elsewhere: a read beside them would page in a memory-mapped canvas's glass)."""
+    bottom = min(top + band_rows, mask.shape[0])
+    band = np.zeros((bottom - top, right - left), bool)
+    rows = occupied_rows(occupied, top, bottom)
+    if rows is not None:
+        band[rows[0] - top:rows[1] - top] = np.asarray(mask[rows[0]:rows[1], left:right]) != 0
+    return band
+
+
+def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects, occupied) -> tuple:
     """What :func:`_trace_band` needs for one band: (the band's pixels -- the columns pass 1
     labelled --, or None when no object lies wholly in it; their top row and left column;
     ``label_object``; the counts of the objects it names; the components of its spanning objects
     as (object, bool crop, top row, left col))."""
     pixels = None
     if (band.label_object >= 0).any():
-        pixels = np.asarray(mask[band.top : band.top + band_rows, band.left:band.right]) != 0
+        pixels = _read_band(mask, band.top, band_rows, band.left, band.right, occupied)
     crops = []
     for k in band.spanning:
         r0, r1, c0, c1 = (int(a[k]) for a in (found.r0, found.r1, found.c0, found.c1))

@@ -1,6 +1,7 @@
 """Where a mask can be nonzero, as its writers ask: ``occupied(y0, y1, x0, x1) -> bool`` (False
-where the mask is known to be 0), and, where the callable can say (``occupied.columns(y0, y1)``,
-e.g. :class:`omniseg_rt.slide.plan.Occupancy`), the columns of some rows that can be nonzero."""
+where the mask is known to be 0), and, where the callable can say (``occupied.columns(y0, y1)``
+and ``occupied.rows(y0, y1)``, e.g. :class:`omniseg_rt.slide.plan.Occupancy`), the columns of
+some rows that can be nonzero and the rows among them that can."""
 
 from __future__ import annotations
 
@@ -13,3 +14,11 @@ def occupied_columns(occupied, y0: int, y1: int, width: int) -> tuple[int, int] 
     if hasattr(occupied, "columns"):
         return occupied.columns(y0, y1)
     return (0, width) if occupied(y0, y1, 0, width) else None
+
+
+def occupied_rows(occupied, y0: int, y1: int) -> tuple[int, int] | None:
+    """Rows [y0', y1') within [y0, y1) where the mask can be nonzero (all of them when
+    ``occupied`` cannot say which), None where none can."""
+    if occupied is not None and hasattr(occupied, "rows"):
+        return occupied.rows(y0, y1)
+    return y0, y1

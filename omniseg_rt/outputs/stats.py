@@ -18,7 +18,7 @@ import numpy as np
 
 from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.fileutil import atomic_write_text
-from omniseg_rt.outputs.regions import occupied_columns
+from omniseg_rt.outputs.regions import occupied_columns, occupied_rows
 from omniseg_rt.tissues import tissue
 
 _BAND_BYTES = 64 << 20  # bytes of mask read at a time
@@ -33,9 +33,10 @@ def foreground_pixels(masks: np.ndarray, occupied=None) -> np.ndarray:
     total = np.zeros(channels, dtype=np.int64)
     for top in range(0, height, rows):
         span = occupied_columns(occupied, top, top + rows, width)
-        if span is None:
+        lines = occupied_rows(occupied, top, min(top + rows, height))
+        if span is None or lines is None:
             continue
-        band = np.asarray(masks[:, top : top + rows, span[0] : span[1]])
+        band = np.asarray(masks[:, lines[0] : lines[1], span[0] : span[1]])
         total += np.count_nonzero(band.reshape(channels, -1), axis=1)
     return total
 

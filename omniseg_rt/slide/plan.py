@@ -170,6 +170,16 @@ class Occupancy:
             return None
         return int(hit[0]) * self.stride, min(self.width, (int(hit[-1]) + 1) * self.stride)
 
+    def rows(self, y0: int, y1: int) -> tuple[int, int] | None:
+        """The canvas rows [y0', y1') within [y0, y1) of the cells that meet rows [y0, y1); None
+        when none does."""
+        r0, r1 = self._cells(y0, y1, 0)
+        per_row = np.diff(self._table[r0:r1 + 1, -1])  # cells per row of cells
+        hit = np.flatnonzero(per_row)
+        if not len(hit):
+            return None
+        return max(y0, (r0 + int(hit[0])) * self.stride), min(y1, (r0 + int(hit[-1]) + 1) * self.stride)
+
     def _cells(self, v0: int, v1: int, axis: int) -> tuple[int, int]:
         """Cells [i0, i1) along ``axis`` (0 rows, 1 columns) that canvas pixels [v0, v1) meet,
         clamped to the grid."""
