@@ -38,8 +38,8 @@ def segment(
         help="threads (enough for CPU engines) or processes (each with its own slide handle: feeds a GPU engine; "
              "OpenSlide stops scaling at 6-8 threads).")] = "threads",
     write_processes: Annotated[Optional[int], typer.Option(
-        help="Processes tracing polygons while outputs are written (default: a quarter of the cores, at most 8; "
-             "0: in the writing thread).")] = None,
+        help="Processes tracing polygons while outputs are written (default: a quarter of the cores, half with "
+             "a GPU engine, at most 8; 0: in the writing thread).")] = None,
     write_slides: Annotated[Optional[int], typer.Option(
         help="Slides whose outputs are written at once while the next one computes (default: 1 + cores / 8, "
              "at most 4).")] = None,
