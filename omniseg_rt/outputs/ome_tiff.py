@@ -8,7 +8,7 @@ in one tile. Only one tile of pixels is in memory at a time (a few with ``occupi
 is written under a temporary name and renamed onto ``path`` when complete.
 
 Given ``occupied`` (where the masks can be nonzero), tiles elsewhere are not read: one
-compressed empty tile is written for all of them, and the others are compressed here (zlib, a
+compressed empty tile is written for all of them, and the others are compressed here (deflate, a
 few threads), so writing costs follow the tissue, not the slide's area.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,21 +87,29 @@ def _occupied_parts(masks: np.ndarray, c: int, region: tuple[int, int, int, int]
     return out
 
 
+def _deflate(data: bytes) -> bytes:
+    """A zlib stream of ``data`` (what TIFF's Adobe Deflate holds), by libdeflate through
+    imagecodecs: 2.5x zlib's speed at the same level on mask tiles, slightly smaller."""
+    import imagecodecs
+
+    return imagecodecs.deflate_encode(data, level=6)
+
+
 def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callable[..., bool]) -> Iterator[bytes]:
     """The tiles of :func:`_level_tiles`, zlib-compressed and padded to full tiles, with the
     tiles (and, at reduced levels, the parts of tiles) ``occupied`` says are empty never read
     (one shared compressed empty tile)."""
     step = 2**level
-    empty = zlib.compress(bytes(tile * tile))
+    empty = _deflate(bytes(tile * tile))
 
     def compress(c: int, region: tuple[int, int, int, int]) -> bytes:
-        return zlib.compress(_occupied_parts(masks, c, region, step, tile, occupied).tobytes())
+        return _deflate(_occupied_parts(masks, c, region, step, tile, occupied).tobytes())
 
     def done(item) -> bytes:
         return item if isinstance(item, bytes) else item.result()
 
     workers = min(4, default_threads())
-    with ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
+    with ThreadPoolExecutor(workers) as pool:  # libdeflate releases the GIL
         pending: deque = deque()  # compressed tiles and futures, in file order
         channels, height, width = masks.shape
         span = tile * step  # level-0 pixels a side of one tile of this level (as _tile_regions)
