@@ -261,6 +261,15 @@ def test_polygons_empty_and_bad_masks(tmp_path):
 # ---------------------------------------------------------------- GeoJSON
 
 
+def test_feature_ids_are_uuid5_of_slide_tissue_and_index():
+    import uuid
+
+    from omniseg_rt.outputs.geojson import _ID_NAMESPACE, _uuid5
+
+    for name in ["CMU-1-Small-Region:5:0", "slide:0:129581", "ünïcode slide:3:7", ""]:
+        assert _uuid5(name) == str(uuid.uuid5(_ID_NAMESPACE, name))
+
+
 def test_geojson_features_classes_counts_and_determinism(tmp_path):
     tuft = blobs((300, 320), 1)
     cap = blobs((300, 320), 2, threshold=0.52)

@@ -10,6 +10,7 @@ gives a byte-identical file.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -30,6 +31,16 @@ log = logging.getLogger(__name__)
 
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omniseg-rt/geojson")
 _GRID = 0.01  # level-0 pixels: coordinates are written to two decimals
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_ID_NAMESPACE, name))`` without building a UUID object (3x faster: a
+    slide has 100,000 objects and more)."""
+    digest = bytearray(hashlib.sha1(_ID_NAMESPACE.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_level0(polygons, scale_x: float, scale_y: float):
@@ -100,7 +111,7 @@ def write_geojson(
                 kept = [k for k, p in enumerate(snapped) if p is not None]
                 dropped += len(batch) - len(kept)
                 task_ids = [task_ids[k] for k in kept]
-                ids = [str(uuid.uuid5(_ID_NAMESPACE, f"{seed}:{t}:{index + n}")) for n, t in enumerate(task_ids)]
+                ids = [_uuid5(f"{seed}:{t}:{index + n}") for n, t in enumerate(task_ids)]
                 for feature in _features(task_ids, snapped[kept], ids):
                     fh.write(("\n" if index == 0 else ",\n") + feature)
                     index += 1
