@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -540,6 +541,7 @@ def _resident_mb() -> float:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads resident memory from Linux's /proc")
 def test_writers_of_a_mostly_glass_slide_stay_within_a_memory_bound(tmp_path):
     """A 32,768^2 px canvas (1 GiB, memory-mapped, as segment keeps it) with tissue in one 2,048^2
     px square: the mask TIFF (every pyramid level), the polygons, the overlay's downsampling and the
