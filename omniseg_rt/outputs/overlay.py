@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from omniseg_rt.errors import InvalidInputError
-from omniseg_rt.outputs.regions import occupied_columns, occupied_rows
+from omniseg_rt.outputs.regions import occupied_columns, read_occupied
 from omniseg_rt.tissues import tissue
 from omniseg_rt.fileutil import replacing
 
@@ -54,10 +54,7 @@ def downsample_mask(mask: np.ndarray, out_shape: tuple[int, int], occupied=None)
             j0 = int(np.searchsorted(col_start, col_start[np.searchsorted(col_start, span[0], "right") - 1]))
             j1 = int(np.searchsorted(col_start, span[1]))
             left, right = int(col_start[j0]), int(col_start[j1]) if j1 < w else width
-            band = np.zeros((bottom - top, right - left), bool)
-            rows = occupied_rows(occupied, top, bottom)
-            if rows is not None:  # only the rows of the plan's cells are read
-                band[rows[0] - top:rows[1] - top] = np.asarray(mask[rows[0]:rows[1], left:right]) != 0
+            band = read_occupied(mask, top, bottom, left, right, occupied)
             cols = np.logical_or.reduceat(band, col_start[j0:j1] - left, axis=1)
             out[i0:i1, j0:j1] = np.logical_or.reduceat(cols, row_start[i0:i1] - top, axis=0)
         i0 = i1

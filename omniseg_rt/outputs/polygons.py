@@ -35,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Polygon
 
 from omniseg_rt.errors import InvalidInputError
-from omniseg_rt.outputs.regions import occupied_columns, occupied_rows
+from omniseg_rt.outputs.regions import occupied_columns, read_occupied
 
 log = logging.getLogger(__name__)
 
@@ -449,14 +449,8 @@ def _jobs(mask: np.ndarray, band_rows: int, occupied) -> Iterator[tuple]:
 
 def _read_band(mask: np.ndarray, top: int, band_rows: int, left: int, right: int, occupied) -> np.ndarray:
     """bool [rows, right - left]: the band's pixels (its rows from ``top``, cut at the mask's
-    bottom) across columns [left, right), read only in the rows of the plan's cells (zero
-    elsewhere: a read beside them would page in a memory-mapped canvas's glass)."""
-    bottom = min(top + band_rows, mask.shape[0])
-    band = np.zeros((bottom - top, right - left), bool)
-    rows = occupied_rows(occupied, top, bottom)
-    if rows is not None:
-        band[rows[0] - top:rows[1] - top] = np.asarray(mask[rows[0]:rows[1], left:right]) != 0
-    return band
+    bottom) across columns [left, right), where ``occupied`` says they can be nonzero."""
+    return read_occupied(mask, top, min(top + band_rows, mask.shape[0]), left, right, occupied)
 
 
 def _band_job(mask: np.ndarray, band: _Band, band_rows: int, found: _Objects, occupied) -> tuple:

@@ -5,6 +5,8 @@ some rows that can be nonzero and the rows among them that can."""
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def occupied_columns(occupied, y0: int, y1: int, width: int) -> tuple[int, int] | None:
     """Columns [x0, x1) of rows [y0, y1) where the mask can be nonzero: all of them without
@@ -22,3 +24,14 @@ def occupied_rows(occupied, y0: int, y1: int) -> tuple[int, int] | None:
     if occupied is not None and hasattr(occupied, "rows"):
         return occupied.rows(y0, y1)
     return y0, y1
+
+
+def read_occupied(mask: np.ndarray, top: int, bottom: int, left: int, right: int, occupied) -> np.ndarray:
+    """bool [bottom - top, right - left]: ``mask[top:bottom, left:right] != 0``, read only in the
+    rows where ``occupied`` says it can be nonzero (zero elsewhere: a read beside them would page
+    in a memory-mapped canvas's glass)."""
+    band = np.zeros((bottom - top, right - left), bool)
+    rows = occupied_rows(occupied, top, bottom)
+    if rows is not None:
+        band[rows[0] - top:rows[1] - top] = np.asarray(mask[rows[0]:rows[1], left:right]) != 0
+    return band
