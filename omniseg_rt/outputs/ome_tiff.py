@@ -111,20 +111,16 @@ def _compressed_tiles(masks: np.ndarray, level: int, tile: int, occupied: Callab
     workers = min(4, default_threads())
     with ThreadPoolExecutor(workers) as pool:  # libdeflate releases the GIL
         pending: deque = deque()  # compressed tiles and futures, in file order
-        channels, height, width = masks.shape
-        span = tile * step  # level-0 pixels a side of one tile of this level (as _tile_regions)
-        for c in range(channels):
-            for y0 in range(0, height, span):
-                y1 = min(y0 + span, height)
-                cols = occupied_columns(occupied, y0, y1, width)  # one question per row of tiles, most are glass
-                for x0 in range(0, width, span):
-                    x1 = min(x0 + span, width)
-                    if cols is not None and x0 < cols[1] and cols[0] < x1 and occupied(y0, y1, x0, x1):
-                        pending.append(pool.submit(compress, c, (y0, y1, x0, x1)))
-                    else:
-                        pending.append(empty)
-                    if len(pending) > 2 * workers:
-                        yield done(pending.popleft())
+        row, cols = None, None  # the tiles' row and its occupied columns: one question per row, most are glass
+        for c, y0, y1, x0, x1 in _tile_regions(masks.shape, level, tile):
+            if row != (y0, y1):
+                row, cols = (y0, y1), occupied_columns(occupied, y0, y1, masks.shape[2])
+            if cols is not None and x0 < cols[1] and cols[0] < x1 and occupied(y0, y1, x0, x1):
+                pending.append(pool.submit(compress, c, (y0, y1, x0, x1)))
+            else:
+                pending.append(empty)
+            if len(pending) > 2 * workers:
+                yield done(pending.popleft())
         while pending:
             yield done(pending.popleft())
 
