@@ -63,6 +63,20 @@ def round_robin_seconds(runs: list[Callable[[], object]], repeats: int) -> list[
     return samples
 
 
+def slide_plans(reader, window: int = 512, overlap: int = 128) -> list:
+    """The plan of every scale group of an open slide, on its detected tissue, as ``segment``
+    makes them by default (its groups' nominal pixel sizes)."""
+    from omniseg_rt.slide import detect_tissue
+    from omniseg_rt.slide.plan import plan_group
+    from omniseg_rt.slide.tissue import TISSUE_MPP
+    from omniseg_rt.tissues import SCALE_GROUPS
+
+    g = reader.geometry
+    tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
+    return [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, window,
+                       overlap, tissue, TISSUE_MPP) for group in SCALE_GROUPS]
+
+
 class GpuBusy:
     """Share of the time the GPU ran a kernel while the ``with`` block ran: NVML's utilisation
     (through ``torch.cuda.utilization``, which needs no CUDA context) sampled every ``every``

@@ -37,13 +37,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from _common import PATCHES, REPO, GpuBusy, environment, write_result
+from _common import PATCHES, REPO, GpuBusy, environment, slide_plans, write_result
 from bench_segment import engine_alone_seconds
 from omniseg_rt.engines import build_engine, open_engine
-from omniseg_rt.slide import detect_tissue, open_slide
-from omniseg_rt.slide.plan import plan_group
-from omniseg_rt.slide.tissue import TISSUE_MPP
-from omniseg_rt.tissues import SCALE_GROUPS
+from omniseg_rt.slide import open_slide
 
 TILE, CELL, LEVELS = 512, 256, 4
 
@@ -116,10 +113,7 @@ def kidney_slide(path: Path, side: int, seed: int, patches: list[np.ndarray]) ->
 def alone(engine_dir: Path, slide: Path, threads: int | None) -> tuple[int, float, int]:
     """(windows, seconds, batch) of the engine's runners alone on ``slide``'s windows."""
     with open_engine(engine_dir, threads=threads) as engine, open_slide(slide) as reader:
-        g = reader.geometry
-        tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
-        plans = [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, 512,
-                            128, tissue, TISSUE_MPP) for group in SCALE_GROUPS]
+        plans = slide_plans(reader)
         batch = int(engine.manifest.profile.get("batch_opt", 4))
         return sum(p.windows for p in plans), engine_alone_seconds(engine, plans, reader, batch), batch
 

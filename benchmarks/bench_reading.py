@@ -23,22 +23,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from _common import environment, write_result
+from _common import environment, slide_plans, write_result
 from bench_pipeline import _patches, kidney_slide
 from omniseg_rt.runtime.readers import Prefetcher, ReadProcesses
-from omniseg_rt.slide import detect_tissue, open_slide
-from omniseg_rt.slide.plan import plan_group
-from omniseg_rt.slide.tissue import TISSUE_MPP
+from omniseg_rt.slide import open_slide
 from omniseg_rt.tissues import SCALE_GROUPS
 
 
 def specs_of(slide: Path, mpp: float | None, group_name: str, count: int) -> list:
     with open_slide(slide, mpp) as reader:
-        g = reader.geometry
-        tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
-        group = next(gr for gr in SCALE_GROUPS if gr.name == group_name)
-        plan = plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for, 512, 128,
-                          tissue, TISSUE_MPP)
+        plan = next(p for p in slide_plans(reader) if p.group == group_name)
     return [s for band in plan.bands for s in band][:count]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from _common import REPO, GpuBusy, environment, parser, write_result
+from _common import REPO, GpuBusy, environment, parser, slide_plans, write_result
 from omniseg_rt.data import SAMPLE_SLIDE
 from omniseg_rt.engines import build_engine, open_engine
 from omniseg_rt.engines.arrays import HOST
@@ -122,13 +122,7 @@ def end_to_end(engine_dir, threads: int, tmp: Path, slide: Path, mpp: float | No
         assert result.status == "done", result.reason
         settings = json.loads((Path(result.out) / "manifest.json").read_text())["settings"]
         with open_slide(slide, mpp) as reader:
-            from omniseg_rt.slide import detect_tissue
-            from omniseg_rt.slide.tissue import TISSUE_MPP
-
-            g = reader.geometry
-            tissue = detect_tissue(reader.thumbnail(TISSUE_MPP), TISSUE_MPP)
-            plans = [plan_group(group, group.nominal_mpp, g.mpp, g.l0_size, g.level_downsamples, g.level_for,
-                                settings["window"], settings["overlap"], tissue, TISSUE_MPP) for group in SCALE_GROUPS]
+            plans = slide_plans(reader, settings["window"], settings["overlap"])
             alone = engine_alone_seconds(engine, plans, reader, settings["batch"])
     windows = sum(result.windows.values())
     return {"slide": slide.name, "readers": readers, "read_with": read_with, "blend": settings["blend"],
