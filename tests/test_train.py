@@ -218,7 +218,8 @@ def test_patience_counts_epochs_since_the_best_score():
     assert _epochs_since_best([]) == 0
 
 
-def test_augmentation_moves_masks_exactly_with_images():
+@pytest.mark.parametrize("zoom", [(0.75, 1.5), (0.9, 1.1)], ids=["original-zoom", "scale-jitter-0.1"])
+def test_augmentation_moves_masks_exactly_with_images(zoom):
     """An image whose pixels are its mask (white object, black ground) must still match its mask
     after augmentation: a geometric transform applied to one and not the other, or differently,
     would leave half a checkerboard disagreeing."""
@@ -228,7 +229,7 @@ def test_augmentation_moves_masks_exactly_with_images():
     rows, cols = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
     mask = (((rows // 16) + (cols // 8)) % 2 == 0).float()[None, None].repeat(64, 1, 1, 1)
     mask[:, :, :32, :48] = 1.0  # asymmetric, so that flips and rotations show
-    images, masks = augment(build_augmentation(), mask.repeat(1, 3, 1, 1).clone(), mask.clone())
+    images, masks = augment(build_augmentation(zoom), mask.repeat(1, 3, 1, 1).clone(), mask.clone())
     moved = (masks != mask).flatten(1).any(1)
     assert moved.sum() >= 32  # most samples were transformed geometrically
     from_pixels = (images.mean(1, keepdim=True) > 0.5).float()
@@ -330,3 +331,41 @@ def test_live_heads_start_alive_and_the_controller_steps_gently():
     assert selection_score({"CAP": 0.8, "DT": 0.6}, "harmonic") == pytest.approx(2 / (1 / 0.8 + 1 / 0.6))
     with pytest.raises(InvalidInputError, match="'median'"):  # before any epoch: no scores yet
         selection_score({}, "median")
+
+
+def test_exclusion_term_reads_only_the_labelled_foreground_and_names_the_right_tissues():
+    """A proximal-tubule label is background for the distal-tubule and artery heads; the term sees
+    only the labelled pixels, falls as the other heads say background there, and the unit and tuft
+    (nested) and the lone 40x tissue exclude nothing."""
+    from omniseg_rt.train.losses import exclusion_loss
+    from omniseg_rt.train.recipe import exclusive_tissues
+
+    assert [exclusive_tissues(t) for t in range(6)] == [(1, 4), (0, 4), (), (), (0, 1), ()]
+    torch.manual_seed(0)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:10, 4:10] = 1
+    logits = torch.randn(2, 2, 2, 16, 16)
+    base = exclusion_loss(logits, mask)
+    elsewhere = logits.clone()
+    elsewhere[..., :3, :] = torch.randn_like(elsewhere[..., :3, :]) * 10  # outside the label only
+    assert exclusion_loss(elsewhere, mask) == pytest.approx(base.item())
+    background = logits.clone()
+    background[:, :, 0], background[:, :, 1] = 8.0, -8.0  # every other head: surely background
+    assert exclusion_loss(background, mask) < 0.01 < base
+    assert exclusion_loss(logits, torch.zeros_like(mask)) == 0
+
+
+def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
+    from omniseg_rt.model import OmniSeg
+    from omniseg_rt.train.recipe import OtherTissuesKept, param_groups, tissue_columns
+
+    torch.manual_seed(0)
+    model = OmniSeg("scale")
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-3, 1.0), lr=1e-3)
+    before = model.controller_conv.weight.detach().clone().flatten(1)
+    model.forward_tasks(torch.rand(2, 3, 32, 32), [1, 0, 4]).square().mean().backward()
+    with OtherTissuesKept(optimizer, model, 1, 1, enabled=True, also=(0, 4)):
+        optimizer.step()
+    moved = (model.controller_conv.weight.detach().flatten(1) != before).any(0)
+    for task, scale, trained in ((1, 1, True), (0, 1, True), (4, 1, True), (2, 0, False), (5, 3, False)):
+        assert moved[tissue_columns(model, task, scale)].any() == trained, task

@@ -45,6 +45,11 @@ def train(
     family: Annotated[str, typer.Option(help="scale (scale-aware) or midl.")] = "scale",
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint.")] = None,
     augment: Annotated[bool, typer.Option(help="Geometric, colour and noise augmentation.")] = True,
+    scale_jitter: Annotated[float, typer.Option(
+        help="Zoom patches by a factor within 1 +- this in augmentation (0: the original 0.75-1.5).")] = 0.0,
+    exclusion: Annotated[Optional[float], typer.Option(
+        help="Weight of the exclusion term: a patch's labelled tissue is background for the tissues it cannot "
+             "be at its magnification (DT, PT and VES exclude one another). 0: off. Default: the recipe's.")] = None,
     stain_jitter: Annotated[float, typer.Option(
         help="Also jitter the stains (haematoxylin, eosin, DAB densities scaled and shifted by up to this; "
              "0: off, 0.05 light, 0.2 strong).")] = 0.0,
@@ -67,7 +72,7 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, stain_jitter=stain_jitter, patience=patience, repeat=_repeats(repeat or []))
+        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, patience=patience, repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:

@@ -13,10 +13,15 @@ import torch
 from omniseg_rt._optional import require
 
 
-def build_augmentation() -> torch.nn.Module:
+#: the original recipe's zoom range (patch scaled by a factor drawn from it)
+ORIGINAL_SCALE = (0.75, 1.5)
+
+
+def build_augmentation(scale: tuple[float, float] = ORIGINAL_SCALE) -> torch.nn.Module:
+    """The augmentation pipeline; ``scale``: the zoom range of the affine group."""
     K = require("kornia.augmentation", "augment training patches")
     return K.AugmentationSequential(
-        K.RandomAffine(degrees=180, translate=(0.1, 0.1), scale=(0.75, 1.5), shear=10, p=0.5,
+        K.RandomAffine(degrees=180, translate=(0.1, 0.1), scale=scale, shear=10, p=0.5,
                        padding_mode="reflection"),
         K.RandomHorizontalFlip(p=0.5),
         K.RandomVerticalFlip(p=0.5),

@@ -1,5 +1,6 @@
 """The training loss: Dice + BCE per channel, weighted 1.2 on a 2-pixel ring outside objects (the
-original's), optionally with the BCE balanced between foreground and background per patch."""
+original's), optionally with the BCE balanced between foreground and background per patch; and the
+exclusion term that turns one tissue's labels into negatives for the tissues it cannot be."""
 
 from __future__ import annotations
 
@@ -47,3 +48,14 @@ def dice_bce_loss(logits: torch.Tensor, mask: torch.Tensor, balanced: bool = Fal
     union = (weight * prob).sum(dim=(2, 3)) + (weight * target).sum(dim=(2, 3))
     dice = 1.0 - (2.0 * inter + SMOOTH) / (union + SMOOTH)
     return dice.mean() + bce
+
+
+def exclusion_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean BCE towards "background" of other tissues' logits [N, U, 2, H, W] on the foreground
+    pixels of ``mask`` [N, 1, H, W] (the batch's own tissue): a pixel labelled proximal tubule is
+    not a distal tubule nor an artery (Shi et al. 2021, "Marginal loss and exclusion loss for
+    partially supervised multi-organ segmentation"). 0 when the batch has no foreground."""
+    fg = mask[:, None].to(logits.dtype)  # [N, 1, 1, H, W]
+    target = torch.cat([torch.ones_like(fg), torch.zeros_like(fg)], dim=2).expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * fg).sum() / (fg.sum() * logits.shape[1] * logits.shape[2]).clamp_min(1.0)

@@ -26,6 +26,12 @@ training patches, while each of them learned when trained alone. Four causes, ea
   ``balanced_loss`` weighs each patch's foreground and background half each in the BCE term, so
   the best constant guess sits at a margin of 0 for every tissue.
 
+One more, for generalisation rather than fit: a batch's labels say which pixels are *not* the
+other tissues segmented at its magnification (a proximal tubule is neither a distal tubule nor an
+artery), yet the original trains only the batch's own head. ``exclusion`` > 0 adds that term
+(:func:`omniseg_rt.train.losses.exclusion_loss`) for :func:`exclusive_tissues`. Off by default:
+on the 72 demo patches it cost the proximal tubules more than it gave the others (DEVELOPERS.md).
+
 Selecting the checkpoint by the mean validation Dice let four zeros hide behind two good
 tissues: ``select="harmonic"`` scores an epoch by the harmonic mean of the per-tissue Dice.
 """
@@ -46,6 +52,8 @@ RECIPES = {
     "original": {"optimizer": "sgd", "lr": 1e-3, "controller_lr_scale": 1.0, "head_init": "default",
                  "keep_other_tissues": False, "balanced_loss": False, "select": "mean"},
 }
+#: tissue pairs that may cover the same pixel (the glomerular unit holds its tuft)
+NESTED = frozenset({(2, 3), (3, 2)})
 HEAD_BIAS = 0.1  # ReLU biases of the initial heads: every unit starts alive on typical inputs
 
 
@@ -90,6 +98,15 @@ def selection_score(val_dice: dict[str, float], how: str) -> float:
     return len(values) / sum(1.0 / max(v, 1e-3) for v in values)
 
 
+def exclusive_tissues(task: int) -> tuple[int, ...]:
+    """The tissues segmented at ``task``'s magnification that never share a pixel with it
+    (10x: distal and proximal tubules and arteries; the 5x unit and tuft are nested; 40x has one)."""
+    from omniseg_rt.tissues import TISSUES
+
+    group = TISSUES[task].group.task_ids
+    return tuple(t for t in group if t != task and (task, t) not in NESTED)
+
+
 def tissue_columns(model: torch.nn.Module, task: int, scale: int) -> torch.Tensor:
     """bool [C_in]: the controller's input columns that carry tissue ``task`` (at ``scale``) alone --
     the scale-aware family's (feature, task, scale) columns of that pair, the MIDL family's task
@@ -107,7 +124,8 @@ def tissue_columns(model: torch.nn.Module, task: int, scale: int) -> torch.Tenso
 
 class OtherTissuesKept:
     """``with OtherTissuesKept(optimizer, model, task, scale, enabled): optimizer.step()`` leaves the
-    controller columns of every other tissue -- weights and optimizer state -- exactly as they were.
+    controller columns of every other tissue -- weights and optimizer state -- exactly as they were
+    (``also``: tissues whose heads the batch's loss trains too, e.g. by the exclusion term).
 
     Their gradient is zero in a batch of ``task``, but Adam (and momentum) would move them anyway
     on the momentum of earlier batches: each tissue's part of the controller would take about ten
@@ -115,7 +133,7 @@ class OtherTissuesKept:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, task: int, scale: int,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, also: tuple[int, ...] = ()) -> None:
         self.optimizer, self.weight = optimizer, model.controller_conv.weight
         self.enabled = enabled
         if enabled:
@@ -124,7 +142,10 @@ class OtherTissuesKept:
 
             for other in TISSUES:
                 specific |= tissue_columns(model, other.task_id, other.scale_id)
-            self.frozen = (specific & ~tissue_columns(model, task, scale)).to(self.weight.device)
+            trained = tissue_columns(model, task, scale)
+            for other in also:
+                trained |= tissue_columns(model, other, TISSUES[other].scale_id)
+            self.frozen = (specific & ~trained).to(self.weight.device)
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __enter__(self) -> OtherTissuesKept:

@@ -16,11 +16,12 @@ from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.metrics import dice
 from omniseg_rt.model import OmniSeg, load_checkpoint, margins
 from omniseg_rt.tissues import TISSUES, tissue
-from omniseg_rt.train.augment import augment, build_augmentation
+from omniseg_rt.train.augment import ORIGINAL_SCALE, augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
 from omniseg_rt.train.dataset import Sample, discover, load_sample, split_by_source
-from omniseg_rt.train.losses import dice_bce_loss
-from omniseg_rt.train.recipe import RECIPES, OtherTissuesKept, init_live_heads, param_groups, selection_score
+from omniseg_rt.train.losses import dice_bce_loss, exclusion_loss
+from omniseg_rt.train.recipe import (RECIPES, OtherTissuesKept, exclusive_tissues, init_live_heads, param_groups,
+                                     selection_score)
 from omniseg_rt.train.sampler import TaskBatchSampler
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class TrainConfig:
     family: str = "scale"
     init: str | None = None
     augment: bool = True
+    scale_jitter: float = 0.0  # zoom by U(1 - s, 1 + s) in augmentation (0: the original 0.75-1.5)
+    exclusion: float = 0.0  # weight of the exclusion term (losses.exclusion_loss; 0: off)
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
@@ -186,7 +189,8 @@ def train(
     sampler = TaskBatchSampler([samples[i].task_id for i in train_idx], config.batch_size, config.seed, repeats)
     loader = torch.utils.data.DataLoader(PatchDataset([samples[i] for i in train_idx]), batch_sampler=sampler,
                                          num_workers=config.workers)
-    aug = build_augmentation() if config.augment else None
+    zoom = (1 - config.scale_jitter, 1 + config.scale_jitter) if config.scale_jitter else ORIGINAL_SCALE
+    aug = build_augmentation(zoom) if config.augment else None
     # a fixed handful of training patches per tissue, scored every epoch: does each head fit what it sees?
     fit_probe = [samples[i] for t in sorted({samples[i].task_id for i in train_idx})
                  for i in [j for j in train_idx if samples[j].task_id == t][:FIT_PROBE_PATCHES]]
@@ -229,12 +233,15 @@ def train(
             m = masks.to(device, non_blocking=True).float()
             if aug is not None:
                 x, m = augment(aug, x, m, config.stain_jitter)
+            others = exclusive_tissues(task) if config.exclusion else ()
             with torch.autocast(device.type, enabled=scaler.is_enabled()):
-                logits = model.forward_tasks(x, [task])[:, 0]
-            loss = dice_bce_loss(logits.float(), m, balanced=config.balanced_loss)
+                logits = model.forward_tasks(x, [task, *others])
+            loss = dice_bce_loss(logits[:, 0].float(), m, balanced=config.balanced_loss)
+            if others:
+                loss = loss + config.exclusion * exclusion_loss(logits[:, 1:].float(), m)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues):
+            with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues, others):
                 scaler.step(optimizer)
             scaler.update()
             losses.append(loss.item())
