@@ -14,13 +14,15 @@
 #   writing   that slide segmented with the compiled engine, then its polygons traced and its GeoJSON
 #             written on one core (bench_writing.py): the host's writing cost per slide;
 #   real      the real JPEG 2000 slide (TCGA sample, 0.5 um/px) end to end with the compiled engine
-#             (bench_segment.py).
+#             (bench_segment.py);
+#   cpu       the same slide with a CPU engine (ONNX Runtime fp32, 16 threads): issue 15's "CPU ratio
+#             >= 0.9" on a CPU with cores to spare for reading and writing (the 2-core sessions cannot).
 # The default stages' timeouts add up to under 10 minutes (one device call). Everything is printed
 # as it goes (tee it to a file under OUT: a stage cut short still reports its finished rows); OUT
 # gets the result JSONs, the compiled engine's manifest and nvidia-smi dmon's log (at most seven
 # files: a device call brings back eight).
-# Needs, carried beside the tree: .whl/ (openslide-python, openslide-bin, shapely and imagecodecs
-# (JPEG, zlib) wheels for cp312) and .gpu/shared/data (kidney_patches and slides/tcga-*.svs copied
+# Needs, carried beside the tree: .whl/ (openslide-python, openslide-bin, shapely, imagecodecs
+# (JPEG, zlib) and, for the cpu stage's build, onnx + protobuf + ml_dtypes wheels for cp312) and .gpu/shared/data (kidney_patches and slides/tcga-*.svs copied
 # from ../shared/data).
 #   [STAGES="..."] tools/gpu_engine_session.sh OUT_DIR 2>&1 | tee OUT_DIR/session.log
 set -uo pipefail
@@ -81,6 +83,14 @@ if wanted real; then
         --slide .gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs --mpp 0.5 --readers 8 --read-with threads processes \
         2>&1
     cp benchmarks/results/segment_tcga-cr-7395-01a-01-ts1.json "$out/" 2>/dev/null
+fi
+if wanted cpu; then
+    stage cpu engine
+    timeout 90 python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend onnxruntime --precision fp32 --device cpu \
+        --tissues all --out /tmp/engine-ort 2>&1
+    timeout "${CPU_SECONDS:-200}" python3 benchmarks/bench_segment.py --engine /tmp/engine-ort --skip-rss \
+        --slide "${CPU_SLIDE:-.gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs}" --mpp 0.5 --readers 4 2>&1
+    cp benchmarks/results/segment_*.json "$out/" 2>/dev/null
 fi
 stage end
 exit 0
