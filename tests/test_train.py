@@ -369,3 +369,13 @@ def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
     moved = (model.controller_conv.weight.detach().flatten(1) != before).any(0)
     for task, scale, trained in ((1, 1, True), (0, 1, True), (4, 1, True), (2, 0, False), (5, 3, False)):
         assert moved[tissue_columns(model, task, scale)].any() == trained, task
+
+
+@pytest.mark.parametrize("option, message", [({"scale_jitter": 1.2}, "--scale-jitter 1.2"),
+                                             ({"exclusion": -1.0}, "--exclusion -1.0")])
+def test_bad_zoom_or_exclusion_weight_is_refused_before_training(tmp_path, option, message):
+    from omniseg_rt.train.trainer import TrainConfig, train
+
+    with pytest.raises(InvalidInputError, match=message):
+        train(PATCHES, tmp_path / "run", TrainConfig(device="cpu", **option))
+    assert not (tmp_path / "run" / "last.pth").exists()

@@ -168,6 +168,10 @@ def train(
         raise InvalidInputError(f"--head-init {config.head_init}: choose live or default")
     selection_score({}, config.select)  # a bad --select fails here, before any work
     repeats = parse_repeats(config.repeat)
+    if not 0 <= config.scale_jitter < 1:
+        raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
+    if config.exclusion < 0:
+        raise InvalidInputError(f"--exclusion {config.exclusion}: a loss weight must be >= 0 (0: off)")
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
     if model.family != config.family:
