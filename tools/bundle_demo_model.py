@@ -46,8 +46,12 @@ def main() -> None:
         last = json.loads((args.run / "history.json").read_text())
     history = last["history"]
     best = max(history, key=lambda h: h["score"]) if args.checkpoint == "best" else history[-1]
-    chosen = (f"best validation at epoch {best['epoch']}" if args.checkpoint == "best"
-              else f"the last epoch's weights, {best['epoch']}")
+    # a run continued from another run's checkpoint (--init): count that run's epochs and time too
+    init = meta["recipe"].get("init")
+    earlier = torch.load(init, weights_only=True) if init and Path(init).is_file() else {}
+    earlier_epochs, earlier_seconds = len(earlier.get("history", [])), float(earlier.get("train_seconds", 0.0))
+    chosen = (f"best validation at epoch {earlier_epochs + best['epoch']}" if args.checkpoint == "best"
+              else f"the last epoch's weights, {earlier_epochs + best['epoch']}")
     predict = predictor(DEMO_MODEL)[0]
     recipe = meta["recipe"]
     result = evaluate(args.data, predict)
@@ -60,7 +64,9 @@ def main() -> None:
         "data_sha256": meta["data_sha256"], "train_patches": meta["train"], "val_patches": meta["val"],
         "epochs_run": len(history), "checkpoint": args.checkpoint, "bundled_epoch": best["epoch"],
         "val_dice_bundled_epoch": best["val_dice"],
-        "train_seconds": last.get("train_seconds", args.wall_seconds), "history": history, "recipe": meta["recipe"],
+        "train_seconds": last.get("train_seconds", args.wall_seconds) + earlier_seconds, "history": history,
+        "continued_from": {"checkpoint": init, "epochs": earlier_epochs, "train_seconds": earlier_seconds}
+        if earlier_epochs else None, "recipe": meta["recipe"],
         "versions": meta["versions"], "hardware": meta.get("hardware"), "status": args.note,
         "evaluate_all_patches": result, "evaluate_train_patches": sides["train"],
         "evaluate_val_patches": sides["val"],
@@ -73,6 +79,8 @@ def main() -> None:
                     f"{r.get('head_init', 'default')}, other tissues {'kept' if r.get('keep_other_tissues') else 'moved'}"
                     f" in each step, BCE {'balanced between foreground and background' if r.get('balanced_loss') else 'plain'}"
                     f", best epoch by the {r.get('select', 'mean')} mean of the tissues' Dice")
+    epochs_text = (f"{earlier_epochs + len(history)} ({earlier_epochs} in the run it continues, `{init}`, then "
+                   f"{len(history)} in this one; {chosen})" if earlier_epochs else f"{len(history)} ({chosen})")
     by = {side: {row["abbrev"]: row for row in sides[side]["tissues"]} for side in sides}
     rows = "\n".join(
         f"| {r['abbrev']} | {by['val'][r['abbrev']]['dice']:.3f} | {by['train'][r['abbrev']]['dice']:.3f} | "
@@ -86,9 +94,9 @@ stains); real use needs a model trained on thousands of annotated patches.
 - Data: the Omni-Seg KI_data demo patches ({meta['samples']} patches, {meta['train']} for training,
   {meta['val']} held out for validation, split by source image), data sha256 `{meta['data_sha256'][:16]}...`.
 - Command: `{args.command}`
-- Epochs: {len(history)} ({chosen}); recipe: {recipe_text}, poly decay
+- Epochs: {epochs_text}; recipe: {recipe_text}, poly decay
   {meta['recipe']['poly_power']}, batch {meta['recipe']['batch_size']}, augmentation {'on' if meta['recipe']['augment'] else 'off'}.
-- Wall time: {card['train_seconds'] / 60:.1f} minutes on {meta.get('hardware', 'a 2-core CPU')} ({card['train_seconds'] / max(1, len(history)):.0f} s per epoch).
+- Wall time: {card['train_seconds'] / 60:.1f} minutes on {meta.get('hardware', 'a 2-core CPU')} ({card['train_seconds'] / max(1, earlier_epochs + len(history)):.0f} s per epoch).
 
 | tissue | Dice, {meta['val']} held-out patches | Dice, {meta['train']} training patches | Dice, all 72 | IoU, all 72 |
 |---|---|---|---|---|
