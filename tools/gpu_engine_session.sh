@@ -86,11 +86,13 @@ if wanted real; then
 fi
 if wanted cpu; then
     stage cpu engine
-    timeout 90 python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend onnxruntime --precision fp32 --device cpu \
-        --tissues all --out /tmp/engine-ort 2>&1
+    timeout 90 python3 -m omniseg_rt build omniseg_rt/data/demo_model.pth --backend onnxruntime --precision fp32 \
+        --device cpu --tissues all --out /tmp/engine-ort 2>&1
+    slide=${CPU_SLIDE:-.gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs}
     timeout "${CPU_SECONDS:-200}" python3 benchmarks/bench_segment.py --engine /tmp/engine-ort --skip-rss \
-        --slide "${CPU_SLIDE:-.gpu/shared/data/slides/tcga-cr-7395-01a-01-ts1.svs}" --mpp 0.5 --readers 4 2>&1
-    cp benchmarks/results/segment_*.json "$out/" 2>/dev/null
+        --slide "$slide" --mpp 0.5 --readers 4 2>&1
+    # its own name in OUT: the real stage's JSON of the same slide (compiled GPU engine) is already there
+    name=$(basename "$slide"); cp "benchmarks/results/segment_${name%.*}.json" "$out/cpu_segment_${name%.*}.json" 2>/dev/null
 fi
 stage end
 exit 0
