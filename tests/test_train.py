@@ -164,11 +164,12 @@ def test_training_lowers_the_loss_and_writes_loadable_checkpoints(tmp_path, opti
     assert meta["family"] == "scale" and len(meta["data_sha256"]) == 64 and meta["recipe"]["optimizer"] == optimizer
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_exactly(tmp_path, ema):
     from omniseg_rt.train.trainer import TrainConfig, train
 
     data = make_small_set(tmp_path / "set")
-    config = TrainConfig(epochs=3, batch_size=2, val_fraction=0.25, seed=11, device="cpu")
+    config = TrainConfig(epochs=3, batch_size=2, val_fraction=0.25, seed=11, device="cpu", ema=ema)
     train(data, tmp_path / "straight", config)
 
     def interrupt(event):
@@ -185,6 +186,13 @@ def test_resume_continues_exactly(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["history"] == b["history"]
+    if ema:  # the saved model is the average; the raw weights, which training continues from, differ from it
+        for key in ("raw_model", "ema_weights"):
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+        shared = [k for k in b["ema_weights"] if k in b["model"] and b["model"][k].is_floating_point()]
+        assert len(shared) > 100 and all(torch.equal(b["model"][k], b["ema_weights"][k]) for k in shared)
+        assert any(not torch.equal(b["raw_model"][k], b["ema_weights"][k]) for k in shared)
+        assert set(b["history"][-1]["val_dice_raw"]) == set(b["history"][-1]["val_dice"])
     with pytest.raises(InvalidInputError, match="already holds a run"):
         train(data, tmp_path / "straight", config)
 
@@ -372,10 +380,29 @@ def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
 
 
 @pytest.mark.parametrize("option, message", [({"scale_jitter": 1.2}, "--scale-jitter 1.2"),
-                                             ({"exclusion": -1.0}, "--exclusion -1.0")])
+                                             ({"exclusion": -1.0}, "--exclusion -1.0"),
+                                             ({"ema": 1.0}, "--ema 1.0")])
 def test_bad_zoom_or_exclusion_weight_is_refused_before_training(tmp_path, option, message):
     from omniseg_rt.train.trainer import TrainConfig, train
 
     with pytest.raises(InvalidInputError, match=message):
         train(PATCHES, tmp_path / "run", TrainConfig(device="cpu", **option))
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_weight_average_follows_the_steps_and_swaps_back():
+    from omniseg_rt.train.averaging import WeightAverage
+
+    layer = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in layer.state_dict().items()}
+    average = WeightAverage(layer, 0.75)
+    with torch.no_grad():
+        layer.weight.add_(4.0)
+    average.update(layer)  # 0.75 * start + 0.25 * (start + 4) = start + 1
+    assert torch.allclose(average.shadow["weight"], start["weight"] + 1.0)
+    assert torch.equal(average.shadow["bias"], start["bias"])
+    with average.applied(layer) as raw:
+        assert torch.allclose(layer.weight, start["weight"] + 1.0)
+        assert torch.allclose(raw["weight"], start["weight"] + 4.0)
+    assert torch.allclose(layer.weight, start["weight"] + 4.0)  # the raw weights are back
+

@@ -53,6 +53,9 @@ def train(
     stain_jitter: Annotated[float, typer.Option(
         help="Also jitter the stains (haematoxylin, eosin, DAB densities scaled and shifted by up to this; "
              "0: off, 0.05 light, 0.2 strong).")] = 0.0,
+    ema: Annotated[float, typer.Option(
+        help="Validate and save a moving average of the weights, updated after every step with this decay "
+             "(0: off; 0.995 averages over about 200 steps). Steadier on small data.")] = 0.0,
     patience: Annotated[int, typer.Option(
         help="Stop after this many epochs without a better validation Dice (0: run all epochs).")] = 0,
     repeat: Annotated[Optional[list[str]], typer.Option(
@@ -72,7 +75,7 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, patience=patience,
+        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, ema=ema, patience=patience,
         repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from omniseg_rt.errors import InvalidInputError
 from omniseg_rt.metrics import dice
 from omniseg_rt.model import OmniSeg, load_checkpoint, margins
 from omniseg_rt.tissues import TISSUES, tissue
+from omniseg_rt.train.averaging import WeightAverage, check_decay
 from omniseg_rt.train.augment import ORIGINAL_SCALE, augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
 from omniseg_rt.train.dataset import Sample, discover, load_sample, split_by_source
@@ -61,6 +63,7 @@ class TrainConfig:
     scale_jitter: float = 0.0  # zoom by U(1 - s, 1 + s) in augmentation (0: the original 0.75-1.5)
     exclusion: float = 0.0  # weight of the exclusion term (losses.exclusion_loss; 0: off)
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
+    ema: float = 0.0  # per-step decay of the weights' moving average, validated and saved (0: off; averaging.py)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
 
@@ -172,6 +175,7 @@ def train(
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
     if config.exclusion < 0:
         raise InvalidInputError(f"--exclusion {config.exclusion}: a loss weight must be >= 0 (0: off)")
+    check_decay(config.ema)
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
     if model.family != config.family:
@@ -209,7 +213,8 @@ def train(
         state = load_training_state(last)
         if state["omniseg_rt"]["data_sha256"] != meta["data_sha256"]:
             raise InvalidInputError(f"{last}: was trained on other data (data sha256 differs); resume needs the same data")
-        model.load_state_dict({k: v for k, v in state["model"].items() if k in model.state_dict()})
+        weights = state.get("raw_model", state["model"])  # a run with --ema saved its averaged weights as "model"
+        model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict()})
         if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise InvalidInputError(f"{last}: made by an older omniseg-rt (one optimizer group); start a new run")
         optimizer.load_state_dict(state["optimizer"])
@@ -218,11 +223,16 @@ def train(
         start_epoch, best, history = state["epoch"], state["best_score"], state["history"]
         spent = float(state.get("train_seconds", 0.0))
         log.info("resuming %s at epoch %d", out, start_epoch)
+    average = WeightAverage(model, config.ema, state.get("ema_weights") if resume else None) if config.ema else None
+    averaged = (lambda: average.applied(model)) if average else nullcontext
 
     def save(path: Path, epoch: int, metrics: dict) -> None:
-        save_checkpoint(path, model, {**meta, "epoch": epoch, "metrics": metrics}, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), epoch=epoch, rng_torch=torch.get_rng_state(),
-                        best_score=best, history=history, train_seconds=spent + time.perf_counter() - begin)
+        with averaged() as raw:  # the averaged weights are the model; the raw ones carry on training
+            extra = {"raw_model": {k: v.cpu() for k, v in raw.items()}, "ema_weights": average.state()} if raw else {}
+            save_checkpoint(path, model, {**meta, "epoch": epoch, "metrics": metrics}, optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), epoch=epoch, rng_torch=torch.get_rng_state(),
+                            best_score=best, history=history, train_seconds=spent + time.perf_counter() - begin,
+                            **extra)
 
     begin, seen = time.perf_counter(), 0
     if start_epoch == 0:
@@ -248,6 +258,8 @@ def train(
             with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues, others):
                 scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                average.update(model)
             losses.append(loss.item())
             by_tissue.setdefault(TISSUES[task].abbrev, []).append(losses[-1])
             seen += len(images)
@@ -255,11 +267,16 @@ def train(
                     "steps": len(sampler), "loss": losses[-1],
                     "patches_per_s": seen / (time.perf_counter() - begin)})
         scheduler.step()
-        metrics = validate(model, [samples[i] for i in val_idx], device) if val_idx else {}
+        val = [samples[i] for i in val_idx]
+        with averaged():
+            metrics = validate(model, val, device) if val else {}
+            fit = validate(model, fit_probe, device)
         score = selection_score(metrics, config.select) if metrics else -float(np.mean(losses))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_dice": metrics, "score": score,
                         "train_loss": {k: float(np.mean(v)) for k, v in sorted(by_tissue.items())},
-                        "train_dice": validate(model, fit_probe, device)})
+                        "train_dice": fit})
+        if average is not None and val:  # what the average buys: the raw weights' validation beside it
+            history[-1]["val_dice_raw"] = validate(model, val, device)
         improved = score > best
         if improved:
             best = score
