@@ -59,13 +59,15 @@ print(json.dumps({"wall": wall, "peak_rss_mb": peak / 1024, "slides": [
 """
 
 
-def _patches() -> list[np.ndarray]:
-    paths = sorted(p for p in PATCHES.rglob("im_*.png") if "_mask_" not in p.name)
+def _patches(folders: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """The shared kidney patches (those of the tissue ``folders``, e.g. "0_1_dt", or all), CELL px square."""
+    paths = sorted(p for p in PATCHES.rglob("im_*.png")
+                   if "_mask_" not in p.name and (not folders or p.relative_to(PATCHES).parts[0] in folders))
     return [np.asarray(Image.open(p).convert("RGB").resize((CELL, CELL))) for p in paths]
 
 
-def kidney_slide(path: Path, side: int, seed: int, patches: list[np.ndarray]) -> Path:
-    """A ``side`` x ``side`` px slide at 0.25 um/px: real patches (flipped and rotated at random)
+def kidney_slide(path: Path, side: int, seed: int, patches: list[np.ndarray], mpp: float = 0.25) -> Path:
+    """A ``side`` x ``side`` px slide at ``mpp`` um/px: real patches (flipped and rotated at random)
     in an ellipse covering about half of it, white glass around; tiles are made one at a time."""
     import tifffile
 
@@ -100,7 +102,8 @@ def kidney_slide(path: Path, side: int, seed: int, patches: list[np.ndarray]) ->
                         tile[ys:ye, xs:xe] = part[ys - y:ye - y, xs - x:xe - x]
                 yield tile
 
-    description = f"Aperio Image Library v12.0.0\r\n{side}x{side} ({TILE}x{TILE}) JPEG/RGB Q=90|AppMag = 40|MPP = 0.25"
+    description = (f"Aperio Image Library v12.0.0\r\n{side}x{side} ({TILE}x{TILE}) JPEG/RGB Q=90"
+                   f"|AppMag = {10 / mpp:g}|MPP = {mpp:g}")
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level in range(LEVELS):
             size = -(-side // 2 ** level)
