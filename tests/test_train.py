@@ -381,7 +381,8 @@ def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
 
 @pytest.mark.parametrize("option, message", [({"scale_jitter": 1.2}, "--scale-jitter 1.2"),
                                              ({"exclusion": -1.0}, "--exclusion -1.0"),
-                                             ({"ema": 1.0}, "--ema 1.0")])
+                                             ({"ema": 1.0}, "--ema 1.0"),
+                                             ({"consistency": -1.0}, "--consistency -1.0")])
 def test_bad_zoom_or_exclusion_weight_is_refused_before_training(tmp_path, option, message):
     from omniseg_rt.train.trainer import TrainConfig, train
 
@@ -405,4 +406,33 @@ def test_weight_average_follows_the_steps_and_swaps_back():
         assert torch.allclose(layer.weight, start["weight"] + 1.0)
         assert torch.allclose(raw["weight"], start["weight"] + 4.0)
     assert torch.allclose(layer.weight, start["weight"] + 4.0)  # the raw weights are back
+
+
+def test_consistency_crops_stay_on_the_grid_and_the_term_teaches_only_the_crop():
+    from omniseg_rt.train.losses import consistency_loss, context_crop
+
+    generator = torch.Generator().manual_seed(0)
+    crops = [context_crop(256, generator) for _ in range(200)]
+    assert {size for _, _, size in crops} == {128, 160, 192, 224}
+    assert all(v % 32 == 0 and y + size <= 256 and x + size <= 256 for y, x, size in crops for v in (y, x, size))
+    assert context_crop(64)[2] == 32 and context_crop(64)[:2] in {(0, 0), (0, 32), (32, 0), (32, 32)}
+    whole = torch.randn(2, 2, 8, 8)
+    assert consistency_loss(whole.clone(), whole) == 0
+    crop = whole.clone().requires_grad_()
+    teacher = whole.clone().requires_grad_()
+    with torch.no_grad():
+        crop[:, 1] += 3.0  # the crop now says "foreground" more often than the whole patch
+    loss = consistency_loss(crop, teacher)
+    loss.backward()
+    assert loss > 0 and crop.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_a_run_with_the_consistency_term_trains_and_logs_it(tmp_path):
+    data = make_small_set(tmp_path / "set")
+    plain = _train(data, tmp_path / "plain", epochs=1, augment=False)
+    both = _train(data, tmp_path / "both", epochs=1, augment=False, consistency=1.0)
+    a = torch.load(tmp_path / "plain" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "both" / "last.pth", weights_only=True)
+    assert b["omniseg_rt"]["recipe"]["consistency"] == 1.0 and both["epochs"] == plain["epochs"] == 1
+    assert b["history"][0]["loss"] > a["history"][0]["loss"]  # the same steps plus a non-negative term
 

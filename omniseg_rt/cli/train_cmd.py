@@ -53,6 +53,9 @@ def train(
     stain_jitter: Annotated[float, typer.Option(
         help="Also jitter the stains (haematoxylin, eosin, DAB densities scaled and shifted by up to this; "
              "0: off, 0.05 light, 0.2 strong).")] = 0.0,
+    consistency: Annotated[float, typer.Option(
+        help="Weight of a term asking a random crop of each patch to predict what the whole patch predicts "
+             "on the same pixels (steadier across overlapping slide windows). 0: off.")] = 0.0,
     ema: Annotated[float, typer.Option(
         help="Validate and save a moving average of the weights, updated after every step with this decay "
              "(0: off; 0.995 averages over about 200 steps). Steadier on small data.")] = 0.0,
@@ -75,7 +78,7 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, ema=ema, patience=patience,
+        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, consistency=consistency, ema=ema, patience=patience,
         repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())

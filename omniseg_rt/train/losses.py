@@ -1,6 +1,7 @@
 """The training loss: Dice + BCE per channel, weighted 1.2 on a 2-pixel ring outside objects (the
-original's), optionally with the BCE balanced between foreground and background per patch; and the
-exclusion term that turns one tissue's labels into negatives for the tissues it cannot be."""
+original's), optionally with the BCE balanced between foreground and background per patch; the
+exclusion term that turns one tissue's labels into negatives for the tissues it cannot be; and the
+consistency term that asks a crop to agree with the whole patch where they overlap."""
 
 from __future__ import annotations
 
@@ -59,3 +60,28 @@ def exclusion_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     target = torch.cat([torch.ones_like(fg), torch.zeros_like(fg)], dim=2).expand_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (bce * fg).sum() / (fg.sum() * logits.shape[1] * logits.shape[2]).clamp_min(1.0)
+
+
+def context_crop(side: int, generator: torch.Generator | None = None, step: int = 32) -> tuple[int, int, int]:
+    """A random square crop (y, x, size) of a ``side`` px patch for the consistency term: size
+    between side / 2 and side - step, origin and size multiples of ``step`` (the backbone's
+    grids stay aligned with the patch's)."""
+    sizes = list(range(max(step, side // 2 // step * step), side - step + 1, step))
+    if not sizes:
+        raise ValueError(f"a {side} px patch is too small for a consistency crop (needs >= {2 * step} px)")
+    size = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
+    y, x = (int(v) * step for v in torch.randint((side - size) // step + 1, (2,), generator=generator))
+    return y, x, size
+
+
+def consistency_loss(crop_logits: torch.Tensor, whole_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of foreground probabilities [N, 2, h, w] (background, foreground)
+    between a crop's prediction and the whole patch's over the same pixels, the whole patch's taken
+    as the target (no gradient): the head should not change its mind when it sees less context,
+    which is what makes overlapping slide windows disagree (the pooled conditioning and the
+    GroupNorm statistics are per window)."""
+    def probability(logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
+    return F.mse_loss(probability(crop_logits), probability(whole_logits).detach())
+

@@ -21,7 +21,7 @@ from omniseg_rt.train.averaging import WeightAverage, check_decay
 from omniseg_rt.train.augment import ORIGINAL_SCALE, augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
 from omniseg_rt.train.dataset import Sample, discover, load_sample, split_by_source
-from omniseg_rt.train.losses import dice_bce_loss, exclusion_loss
+from omniseg_rt.train.losses import consistency_loss, context_crop, dice_bce_loss, exclusion_loss
 from omniseg_rt.train.recipe import (RECIPES, OtherTissuesKept, exclusive_tissues, init_live_heads, param_groups,
                                      selection_score)
 from omniseg_rt.train.sampler import TaskBatchSampler
@@ -63,6 +63,7 @@ class TrainConfig:
     scale_jitter: float = 0.0  # zoom by U(1 - s, 1 + s) in augmentation (0: the original 0.75-1.5)
     exclusion: float = 0.0  # weight of the exclusion term (losses.exclusion_loss; 0: off)
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
+    consistency: float = 0.0  # weight of the crop-vs-whole agreement term (losses.consistency_loss; 0: off)
     ema: float = 0.0  # per-step decay of the weights' moving average, validated and saved (0: off; averaging.py)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
@@ -175,6 +176,8 @@ def train(
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
     if config.exclusion < 0:
         raise InvalidInputError(f"--exclusion {config.exclusion}: a loss weight must be >= 0 (0: off)")
+    if config.consistency < 0:
+        raise InvalidInputError(f"--consistency {config.consistency}: a loss weight must be >= 0 (0: off)")
     check_decay(config.ema)
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
@@ -253,6 +256,12 @@ def train(
             loss = dice_bce_loss(logits[:, 0].float(), m, balanced=config.balanced_loss)
             if others:
                 loss = loss + config.exclusion * exclusion_loss(logits[:, 1:].float(), m)
+            if config.consistency:
+                y, x0, size = context_crop(x.shape[-1])
+                with torch.autocast(device.type, enabled=scaler.is_enabled()):
+                    crop = model.forward_tasks(x[..., y:y + size, x0:x0 + size].contiguous(), [task])
+                whole = logits[:, 0, :, y:y + size, x0:x0 + size]
+                loss = loss + config.consistency * consistency_loss(crop[:, 0].float(), whole.float())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues, others):
