@@ -416,6 +416,8 @@ def test_consistency_crops_stay_on_the_grid_and_the_term_teaches_only_the_crop()
     assert {size for _, _, size in crops} == {128, 160, 192, 224}
     assert all(v % 32 == 0 and y + size <= 256 and x + size <= 256 for y, x, size in crops for v in (y, x, size))
     assert context_crop(64)[2] == 32 and context_crop(64)[:2] in {(0, 0), (0, 32), (32, 0), (32, 32)}
+    with pytest.raises(InvalidInputError, match="--consistency: a 48 px patch"):
+        context_crop(48)
     whole = torch.randn(2, 2, 8, 8)
     assert consistency_loss(whole.clone(), whole) == 0
     crop = whole.clone().requires_grad_()

@@ -78,7 +78,8 @@ def train(
         balanced_loss=balanced_loss,
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
-        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter, consistency=consistency, ema=ema, patience=patience,
+        augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter,
+        consistency=consistency, ema=ema, patience=patience,
         repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())

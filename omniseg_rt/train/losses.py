@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from omniseg_rt.errors import InvalidInputError
+
 RING_WIDTH = 2
 RING_WEIGHT = 1.2
 SMOOTH = 1.0
@@ -68,7 +70,8 @@ def context_crop(side: int, generator: torch.Generator | None = None, step: int 
     grids stay aligned with the patch's)."""
     sizes = list(range(max(step, side // 2 // step * step), side - step + 1, step))
     if not sizes:
-        raise ValueError(f"a {side} px patch is too small for a consistency crop (needs >= {2 * step} px)")
+        raise InvalidInputError(f"--consistency: a {side} px patch is too small for a crop (needs >= {2 * step} px); "
+                                "train without --consistency")
     size = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
     y, x = (int(v) * step for v in torch.randint((side - size) // step + 1, (2,), generator=generator))
     return y, x, size
@@ -84,4 +87,3 @@ def consistency_loss(crop_logits: torch.Tensor, whole_logits: torch.Tensor) -> t
         return torch.sigmoid(logits[:, 1] - logits[:, 0])
 
     return F.mse_loss(probability(crop_logits), probability(whole_logits).detach())
-

@@ -257,7 +257,7 @@ def train(
             if others:
                 loss = loss + config.exclusion * exclusion_loss(logits[:, 1:].float(), m)
             if config.consistency:
-                y, x0, size = context_crop(x.shape[-1])
+                y, x0, size = context_crop(min(x.shape[-2:]))
                 with torch.autocast(device.type, enabled=scaler.is_enabled()):
                     crop = model.forward_tasks(x[..., y:y + size, x0:x0 + size].contiguous(), [task])
                 whole = logits[:, 0, :, y:y + size, x0:x0 + size]
