@@ -46,10 +46,9 @@ def main() -> None:
         last = json.loads((args.run / "history.json").read_text())
     history = last["history"]
     best = max(history, key=lambda h: h["score"]) if args.checkpoint == "best" else history[-1]
-    # a run continued from another run's checkpoint (--init): count that run's epochs and time too
+    # a run continued from other runs' checkpoints (--init, perhaps in turn continued): count their epochs and time too
     init = meta["recipe"].get("init")
-    earlier = torch.load(init, weights_only=True) if init and Path(init).is_file() else {}
-    earlier_epochs, earlier_seconds = len(earlier.get("history", [])), float(earlier.get("train_seconds", 0.0))
+    earlier_epochs, earlier_seconds = _earlier_runs(init)
     chosen = (f"best validation at epoch {earlier_epochs + best['epoch']}" if args.checkpoint == "best"
               else f"the last epoch's weights, {earlier_epochs + best['epoch']}")
     predict = predictor(DEMO_MODEL)[0]
@@ -79,7 +78,11 @@ def main() -> None:
                     f"{r.get('head_init', 'default')}, other tissues {'kept' if r.get('keep_other_tissues') else 'moved'}"
                     f" in each step, BCE {'balanced between foreground and background' if r.get('balanced_loss') else 'plain'}"
                     f", best epoch by the {r.get('select', 'mean')} mean of the tissues' Dice")
-    epochs_text = (f"{earlier_epochs + len(history)} ({earlier_epochs} in the run it continues, `{init}`, then "
+    if r.get("consistency"):
+        recipe_text += f", crop-vs-whole consistency term weight {r['consistency']}"
+    if r.get("ema"):
+        recipe_text += f", weights averaged (EMA decay {r['ema']})"
+    epochs_text = (f"{earlier_epochs + len(history)} ({earlier_epochs} in the runs up to `{init}`, then "
                    f"{len(history)} in this one; {chosen})" if earlier_epochs else f"{len(history)} ({chosen})")
     by = {side: {row["abbrev"]: row for row in sides[side]["tissues"]} for side in sides}
     rows = "\n".join(
@@ -118,6 +121,19 @@ column says whether each head fits what it saw. 72 patches are enough to show ev
 work and to try the pipeline; they are not enough for masks to rely on.
 """)
     print(json.dumps({"val_dice": best["val_dice"], "all_patches_mean_dice": result["mean_dice"]}, indent=2))
+
+
+def _earlier_runs(init: str | None) -> tuple[int, float]:
+    """Epochs and training seconds of the chain of runs that ``init`` ends (each run's
+    checkpoint records the ``--init`` it started from)."""
+    epochs, seconds, seen = 0, 0.0, set()
+    while init and Path(init).is_file() and init not in seen:
+        seen.add(init)
+        state = torch.load(init, weights_only=True)
+        epochs += len(state.get("history", []))
+        seconds += float(state.get("train_seconds", 0.0))
+        init = state.get("omniseg_rt", {}).get("recipe", {}).get("init")
+    return epochs, seconds
 
 
 if __name__ == "__main__":
