@@ -39,7 +39,7 @@ from omniseg_rt.runtime.settings import DEFAULT_OVERLAP
 from omniseg_rt.runtime.stitch import Blender, stitch_window
 from omniseg_rt.slide import open_slide
 from omniseg_rt.slide.plan import WindowSpec, plan_group, read_window
-from omniseg_rt.tissues import SCALE_GROUPS, TISSUES
+from omniseg_rt.tissues import TISSUES, scale_group
 
 WINDOW, DENSE_STRIDE = 512, 64
 TCGA = SHARED / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
@@ -55,8 +55,7 @@ def kidney_cases(folder: Path) -> list:
     """One slide per scale group from the shared kidney patches of its tissues, at its pixel size."""
     from bench_pipeline import _patches, kidney_slide
 
-    groups = {g.name: g for g in SCALE_GROUPS}
-    return [(kidney_slide(folder / f"kidney-{name}.svs", KIDNEY_SIDE, 0, _patches(folders), groups[name].nominal_mpp),
+    return [(kidney_slide(folder / f"kidney-{name}.svs", KIDNEY_SIDE, 0, _patches(folders), scale_group(name).nominal_mpp),
              None, name, None) for name, folders in KIDNEY.items()]
 
 
@@ -149,7 +148,6 @@ def main() -> None:
     p.add_argument("--ceiling", action="store_true",
                    help="also a second dense reference with other jitter: its Dice with the first is the ceiling")
     args = p.parse_args()
-    groups = {g.name: g for g in SCALE_GROUPS}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         engine_dir = args.engine or build_engine(None, out=Path(tmp) / "engine", threads=args.threads)[0]
@@ -157,7 +155,7 @@ def main() -> None:
             cases = [("slides", c) for c in (CASES if "slides" in args.cases else [])]
             cases += [("kidney", c) for c in (kidney_cases(Path(tmp)) if "kidney" in args.cases else [])]
             for kind, (path, mpp, group_name, region) in cases:
-                group = groups[group_name]
+                group = scale_group(group_name)
                 runner = engine.runner(group.name)
                 channels = [runner.spec.tissues.index(t) for t in group.task_ids]
                 with open_slide(path, mpp) as reader:

@@ -174,10 +174,9 @@ def train(
     repeats = parse_repeats(config.repeat)
     if not 0 <= config.scale_jitter < 1:
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
-    if config.exclusion < 0:
-        raise InvalidInputError(f"--exclusion {config.exclusion}: a loss weight must be >= 0 (0: off)")
-    if config.consistency < 0:
-        raise InvalidInputError(f"--consistency {config.consistency}: a loss weight must be >= 0 (0: off)")
+    for option, weight in (("--exclusion", config.exclusion), ("--consistency", config.consistency)):
+        if weight < 0:
+            raise InvalidInputError(f"{option} {weight}: a loss weight must be >= 0 (0: off)")
     check_decay(config.ema)
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
