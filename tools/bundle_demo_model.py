@@ -3,7 +3,7 @@
     python tools/bundle_demo_model.py RUN_DIR --command "omniseg-rt train ..." [--data DIR] [--checkpoint last]
 
 RUN_DIR holds ``best.pth`` and ``last.pth`` (or, for a run trained on another machine, the
-``history.json`` that ``tools/gpu_session.sh`` brings back with a release ``best.pth``).
+``history.json`` that ``tools/gpu_train_session.sh`` brings back with release checkpoints).
 
 Writes ``omniseg_rt/data/demo_model.pth`` (float16 weights, original layout + metadata),
 ``demo_model_all.onnx`` + ``.json`` (the all-tissue graph segment's default engine is built from),
@@ -40,9 +40,8 @@ def main() -> None:
 
     meta = save_for_release(args.run / f"{args.checkpoint}.pth", DEMO_MODEL)
     export_graphs(DEMO_MODEL, tissues="all", out=DEMO_GRAPH)  # the torch-free default engine's source
-    if (args.run / "last.pth").is_file():
-        last = torch.load(args.run / "last.pth", weights_only=True)
-    else:  # a run trained elsewhere (e.g. a GPU machine) comes back as best.pth + history.json
+    last = torch.load(args.run / "last.pth", weights_only=True) if (args.run / "last.pth").is_file() else {}
+    if "history" not in last:  # a run trained elsewhere (a GPU machine) comes back as release checkpoints + history.json
         last = json.loads((args.run / "history.json").read_text())
     history = last["history"]
     best = max(history, key=lambda h: h["score"]) if args.checkpoint == "best" else history[-1]
