@@ -4,7 +4,7 @@
 # consistency term and averaged weights all along, then its held-out and training Dice beside the
 # bundled model's.
 #   1. a 2-epoch probe times an epoch of the recipe on this GPU; the run then gets as many epochs
-#      as fit TRAIN_SECONDS (default 420), at most MAX_EPOCHS (default 600);
+#      as fit TRAIN_SECONDS (default 380), at most MAX_EPOCHS (default 600);
 #   2. trains: the default recipe (LR=... to change its learning rate) + --consistency ${CONSISTENCY:-8}
 #      --ema 0.995, DT and VES patches twice and PTC's three times per epoch, AMP, 4 loader workers
 #      (INIT=CKPT: from those weights instead of from scratch);
@@ -36,7 +36,7 @@ epochs=$(python3 - <<PY
 import torch
 state = torch.load("/tmp/probe/last.pth", map_location="cpu", weights_only=True)
 per_epoch = state["train_seconds"] / state["epoch"]
-print(f"{per_epoch:.1f}", max(2, min(${MAX_EPOCHS:-600}, int((${TRAIN_SECONDS:-420} - 20) / per_epoch))))
+print(f"{per_epoch:.1f}", max(2, min(${MAX_EPOCHS:-600}, int((${TRAIN_SECONDS:-380} - 20) / per_epoch))))
 PY
 )
 echo "probe: ${epochs% *} s per epoch; training ${epochs#* } epochs"
@@ -44,7 +44,7 @@ epochs=${epochs#* }
 
 stage train
 begin=$(date +%s)
-timeout $(( ${TRAIN_SECONDS:-420} + 90 )) python3 -m omniseg_rt train "$data" --out /tmp/run --epochs "$epochs" \
+timeout $(( ${TRAIN_SECONDS:-380} + 45 )) python3 -m omniseg_rt train "$data" --out /tmp/run --epochs "$epochs" \
     "${recipe[@]}" >"$out/train.log" 2>&1
 echo "train exit $? after $(( $(date +%s) - begin )) s"
 grep -E "^epoch [0-9]+:|^VES|done|Error|error" "$out/train.log" | tail -6
@@ -64,7 +64,7 @@ print(f"release checkpoints and history of {last['epoch']} epochs written")
 PY
 
 stage evaluate
-timeout 120 python3 - "$out" "$data" <<'PY'
+timeout 90 python3 - "$out" "$data" <<'PY'
 import json, sys
 from pathlib import Path
 from omniseg_rt.data import DEMO_MODEL
