@@ -382,7 +382,9 @@ def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
 @pytest.mark.parametrize("option, message", [({"scale_jitter": 1.2}, "--scale-jitter 1.2"),
                                              ({"exclusion": -1.0}, "--exclusion -1.0"),
                                              ({"ema": 1.0}, "--ema 1.0"),
-                                             ({"consistency": -1.0}, "--consistency -1.0")])
+                                             ({"consistency": -1.0}, "--consistency -1.0"),
+                                             ({"consistency_for": {"VES": -2.0}}, "--consistency-for VES=-2.0"),
+                                             ({"consistency_for": {"XYZ": 1.0}}, "XYZ")])
 def test_bad_zoom_or_exclusion_weight_is_refused_before_training(tmp_path, option, message):
     from omniseg_rt.train.trainer import TrainConfig, train
 
@@ -438,3 +440,22 @@ def test_a_run_with_the_consistency_term_trains_and_logs_it(tmp_path):
     assert b["omniseg_rt"]["recipe"]["consistency"] == 1.0 and both["epochs"] == plain["epochs"] == 1
     assert b["history"][0]["loss"] > a["history"][0]["loss"]  # the same steps plus a non-negative term
 
+
+def test_a_tissue_can_have_its_own_consistency_weight(tmp_path):
+    from omniseg_rt.tissues import TISSUES
+
+    data = make_small_set(tmp_path / "set")
+    plain = _train(data, tmp_path / "plain", epochs=1, augment=False)["last"]["loss"]
+    off_for_all = _train(data, tmp_path / "off", epochs=1, augment=False, consistency=1.0,
+                         consistency_for={t.abbrev: 0.0 for t in TISSUES})["last"]["loss"]
+    on_for_one = _train(data, tmp_path / "one", epochs=1, augment=False,
+                        consistency_for={"PT": 1.0})["last"]["loss"]  # the set holds PT and TUFT
+    assert off_for_all == plain  # every tissue's own weight 0 overrides --consistency: the same steps exactly
+    assert on_for_one > plain
+
+
+
+def test_a_malformed_consistency_for_is_a_usage_error_naming_the_option(tmp_path):
+    result = run_cli("train", str(PATCHES), "--out", str(tmp_path / "run"), "--consistency-for", "VES")
+    assert result.returncode != 0 and "--consistency-for VES: write TISSUE=WEIGHT" in result.stderr + result.stdout
+    assert not (tmp_path / "run").exists()

@@ -56,6 +56,10 @@ def train(
     consistency: Annotated[float, typer.Option(
         help="Weight of a term asking a random crop of each patch to predict what the whole patch predicts "
              "on the same pixels (steadier across overlapping slide windows). 0: off.")] = 0.0,
+    consistency_for: Annotated[Optional[list[str]], typer.Option(
+        help="TISSUE=W: that tissue's weight of the consistency term instead of --consistency's "
+             "(repeatable, e.g. --consistency 24 --consistency-for VES=8: a strong term costs sparse "
+             "tissues the fit to their patches).")] = None,
     ema: Annotated[float, typer.Option(
         help="Validate and save a moving average of the weights, updated after every step with this decay "
              "(0: off; 0.995 averages over about 200 steps). Steadier on small data.")] = 0.0,
@@ -79,7 +83,7 @@ def train(
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
         augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter,
-        consistency=consistency, ema=ema, patience=patience,
+        consistency=consistency, consistency_for=_weights(consistency_for or []), ema=ema, patience=patience,
         repeat=_repeats(repeat or []))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
@@ -120,6 +124,18 @@ def _repeats(specs: list[str]) -> dict[str, int]:
         if not sep or not count.strip().isdigit():
             raise UsageError(f"--repeat {spec}: write TISSUE=N, e.g. --repeat DT=3")
         out[name.strip().upper()] = int(count)
+    return out
+
+
+def _weights(specs: list[str]) -> dict[str, float]:
+    """``["VES=8", "PTC=4.5"]`` -> ``{"VES": 8.0, "PTC": 4.5}`` (tissue names checked by the trainer)."""
+    out = {}
+    for spec in specs:
+        name, _, weight = spec.partition("=")
+        try:
+            out[name.strip().upper()] = float(weight)
+        except ValueError:
+            raise UsageError(f"--consistency-for {spec}: write TISSUE=WEIGHT, e.g. --consistency-for VES=8") from None
     return out
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     exclusion: float = 0.0  # weight of the exclusion term (losses.exclusion_loss; 0: off)
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
     consistency: float = 0.0  # weight of the crop-vs-whole agreement term (losses.consistency_loss; 0: off)
+    consistency_for: dict[str, float] = field(default_factory=dict)  # tissue abbreviation -> its own weight
     ema: float = 0.0  # per-step decay of the weights' moving average, validated and saved (0: off; averaging.py)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
@@ -174,9 +175,14 @@ def train(
     repeats = parse_repeats(config.repeat)
     if not 0 <= config.scale_jitter < 1:
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
-    for option, weight in (("--exclusion", config.exclusion), ("--consistency", config.consistency)):
-        if weight < 0:
-            raise InvalidInputError(f"{option} {weight}: a loss weight must be >= 0 (0: off)")
+    for option, weight in ((f"--exclusion {config.exclusion}", config.exclusion),
+                           (f"--consistency {config.consistency}", config.consistency),
+                           *((f"--consistency-for {name}={w}", w) for name, w in config.consistency_for.items())):
+        if not weight >= 0:
+            raise InvalidInputError(f"{option}: a loss weight must be >= 0 (0: off)")
+    # task id -> the consistency term's weight; an unknown tissue is an error naming it, before any work
+    own = {tissue(name).task_id: weight for name, weight in config.consistency_for.items()}
+    consistency = {t.task_id: own.get(t.task_id, config.consistency) for t in TISSUES}
     check_decay(config.ema)
     torch.manual_seed(config.seed)
     model = load_checkpoint(config.init) if config.init else OmniSeg(config.family)
@@ -255,12 +261,12 @@ def train(
             loss = dice_bce_loss(logits[:, 0].float(), m, balanced=config.balanced_loss)
             if others:
                 loss = loss + config.exclusion * exclusion_loss(logits[:, 1:].float(), m)
-            if config.consistency:
+            if consistency[task]:
                 y, x0, size = context_crop(min(x.shape[-2:]))
                 with torch.autocast(device.type, enabled=scaler.is_enabled()):
                     crop = model.forward_tasks(x[..., y:y + size, x0:x0 + size].contiguous(), [task])
                 whole = logits[:, 0, :, y:y + size, x0:x0 + size]
-                loss = loss + config.consistency * consistency_loss(crop[:, 0].float(), whole.float())
+                loss = loss + consistency[task] * consistency_loss(crop[:, 0].float(), whole.float())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues, others):
