@@ -77,8 +77,9 @@ def main() -> None:
                     f"{r.get('head_init', 'default')}, other tissues {'kept' if r.get('keep_other_tissues') else 'moved'}"
                     f" in each step, BCE {'balanced between foreground and background' if r.get('balanced_loss') else 'plain'}"
                     f", best epoch by the {r.get('select', 'mean')} mean of the tissues' Dice")
-    if r.get("consistency"):
-        recipe_text += f", crop-vs-whole consistency term weight {r['consistency']}"
+    if r.get("consistency") or r.get("consistency_for"):
+        recipe_text += f", crop-vs-whole consistency term weight {r.get('consistency', 0.0)}"
+        recipe_text += "".join(f", {name} {w}" for name, w in r.get("consistency_for", {}).items())
     if r.get("ema"):
         recipe_text += f", weights averaged (EMA decay {r['ema']})"
     epochs_text = (f"{earlier_epochs + len(history)} ({earlier_epochs} in the runs up to `{init}`, then "
