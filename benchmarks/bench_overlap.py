@@ -39,15 +39,13 @@ from omniseg_rt.runtime.settings import DEFAULT_OVERLAP
 from omniseg_rt.runtime.stitch import Blender, stitch_window
 from omniseg_rt.slide import open_slide
 from omniseg_rt.slide.plan import WindowSpec, plan_group, read_window
-from omniseg_rt.tissues import TISSUES, scale_group
+from omniseg_rt.tissues import SCALE_GROUPS, TISSUES, scale_group
 
 WINDOW, DENSE_STRIDE = 512, 64
 TCGA = SHARED / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 # (slide, level-0 mpp override, scale group, level-0 region (x, y, w, h) or None for the whole slide)
 CASES = [(SAMPLE_SLIDE, None, "5x", None), (SAMPLE_SLIDE, None, "10x", None), (TCGA, 0.5, "5x", None),
          (TCGA, 0.5, "10x", None), (SAMPLE_SLIDE, None, "40x", (700, 700, 768, 768))]
-#: scale group -> the patch folders of its tissues, for the kidney cases
-KIDNEY = {"5x": ("2_0_capsule", "3_0_tuft"), "10x": ("0_1_dt", "1_1_pt", "4_1_vessel"), "40x": ("5_3_ptc",)}
 KIDNEY_SIDE = 2048
 
 
@@ -55,8 +53,9 @@ def kidney_cases(folder: Path) -> list:
     """One slide per scale group from the shared kidney patches of its tissues, at its pixel size."""
     from bench_pipeline import _patches, kidney_slide
 
-    return [(kidney_slide(folder / f"kidney-{name}.svs", KIDNEY_SIDE, 0, _patches(folders), scale_group(name).nominal_mpp),
-             None, name, None) for name, folders in KIDNEY.items()]
+    return [(kidney_slide(folder / f"kidney-{g.name}.svs", KIDNEY_SIDE, 0,
+                          _patches(tuple(TISSUES[t].folder for t in g.task_ids)), g.nominal_mpp), None, g.name, None)
+            for g in SCALE_GROUPS]
 
 
 class Region:
