@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -118,25 +119,31 @@ def train(
 
 def _repeats(specs: list[str]) -> dict[str, int]:
     """``["DT=3", "VES=2"]`` -> ``{"DT": 3, "VES": 2}`` (tissue names checked by the trainer)."""
-    out = {}
-    for spec in specs:
-        name, sep, count = spec.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise UsageError(f"--repeat {spec}: write TISSUE=N, e.g. --repeat DT=3")
-        out[name.strip().upper()] = int(count)
-    return out
+    return _per_tissue("--repeat", specs, _count, "TISSUE=N, e.g. --repeat DT=3")
 
 
 def _weights(specs: list[str]) -> dict[str, float]:
     """``["VES=8", "PTC=4.5"]`` -> ``{"VES": 8.0, "PTC": 4.5}`` (tissue names checked by the trainer)."""
+    return _per_tissue("--consistency-for", specs, float, "TISSUE=WEIGHT, e.g. --consistency-for VES=8")
+
+
+def _per_tissue(option: str, specs: list[str], value: Callable[[str], Any], form: str) -> dict[str, Any]:
+    """``TISSUE=VALUE`` specs -> ``{TISSUE: value(VALUE)}``; a spec ``value`` refuses (ValueError) is a
+    usage error naming the option and the form expected."""
     out = {}
     for spec in specs:
-        name, _, weight = spec.partition("=")
+        name, _, text = spec.partition("=")
         try:
-            out[name.strip().upper()] = float(weight)
+            out[name.strip().upper()] = value(text)
         except ValueError:
-            raise UsageError(f"--consistency-for {spec}: write TISSUE=WEIGHT, e.g. --consistency-for VES=8") from None
+            raise UsageError(f"{option} {spec}: write {form}") from None
     return out
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 def evaluate(
