@@ -459,3 +459,33 @@ def test_a_malformed_consistency_for_is_a_usage_error_naming_the_option(tmp_path
     result = run_cli("train", str(PATCHES), "--out", str(tmp_path / "run"), "--consistency-for", "VES")
     assert result.returncode != 0 and "--consistency-for VES: write TISSUE=WEIGHT" in result.stderr + result.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_heads_only_moves_the_named_tissue_alone(tmp_path):
+    from omniseg_rt.model import load_checkpoint
+    from omniseg_rt.tissues import tissue
+    from omniseg_rt.train.recipe import tissue_columns
+
+    data = make_small_set(tmp_path / "set")  # PT and TUFT patches
+    _train(data, tmp_path / "base", epochs=1, augment=False)
+    base = tmp_path / "base" / "last.pth"
+    tuned = _train(data, tmp_path / "tuned", epochs=2, augment=False, lr=1e-2, init=str(base), heads_only=["TUFT"])
+    assert tuned["epochs"] == 2
+    a = torch.load(base, weights_only=True)["model"]
+    b = torch.load(tmp_path / "tuned" / "last.pth", weights_only=True)["model"]
+    name = "controller_trilinear.weight"
+    assert all(torch.equal(a[k], b[k]) for k in a if k != name)  # backbone, bias: bit-identical
+    tuft = tissue("TUFT")
+    mine = tissue_columns(load_checkpoint(base), tuft.task_id, tuft.scale_id)
+    assert torch.equal(a[name][:, ~mine], b[name][:, ~mine])  # every other tissue's head: the same
+    assert not torch.equal(a[name][:, mine], b[name][:, mine])  # TUFT's own columns learned
+    history = torch.load(tmp_path / "tuned" / "last.pth", weights_only=True)["history"]
+    assert set(history[0]["train_loss"]) == {"TUFT"}  # only its patches were stepped on
+    with pytest.raises(InvalidInputError, match="--heads-only TUFT: needs --init"):
+        _train(data, tmp_path / "no-init", epochs=1, heads_only=["TUFT"])
+    with pytest.raises(InvalidInputError, match="exclusion term"):
+        _train(data, tmp_path / "excl", epochs=1, init=str(base), heads_only=["TUFT"], exclusion=1.0)
+    with pytest.raises(InvalidInputError, match="XYZ"):
+        _train(data, tmp_path / "bad", epochs=1, init=str(base), heads_only=["XYZ"])
+    with pytest.raises(InvalidInputError, match="--heads-only VES: .* has no training patches"):
+        _train(data, tmp_path / "absent", epochs=1, init=str(base), heads_only=["VES"])

@@ -69,6 +69,10 @@ def train(
     repeat: Annotated[Optional[list[str]], typer.Option(
         help="TISSUE=N: draw that tissue's patches N times per epoch, for tissues that lag behind "
              "(repeatable, e.g. --repeat DT=3 --repeat VES=3).")] = None,
+    heads_only: Annotated[Optional[str], typer.Option(
+        help="TISSUES (e.g. VES,PTC): with --init, train only these tissues' own part of the controller on "
+             "their patches; the backbone and the other tissues' heads stay bit-identical (fit sparse "
+             "tissues without moving the rest).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out exactly where it stopped.")] = False,
 ) -> None:
     """Train Omni-Seg on partially labelled patches (each labelled for one tissue)."""
@@ -85,7 +89,7 @@ def train(
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
         augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter,
         consistency=consistency, consistency_for=_weights(consistency_for or []), ema=ema, patience=patience,
-        repeat=_repeats(repeat or []))
+        repeat=_repeats(repeat or []), heads_only=_names(heads_only))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -138,6 +142,11 @@ def _per_tissue(option: str, specs: list[str], value: Callable[[str], Any], form
         except ValueError:
             raise UsageError(f"{option} {spec}: write {form}") from None
     return out
+
+
+def _names(text: str | None) -> list[str]:
+    """``"VES, ptc"`` -> ``["VES", "PTC"]`` (tissue names checked by the trainer)."""
+    return [name.strip().upper() for name in (text or "").split(",") if name.strip()]
 
 
 def _count(text: str) -> int:

@@ -68,6 +68,7 @@ class TrainConfig:
     ema: float = 0.0  # per-step decay of the weights' moving average, validated and saved (0: off; averaging.py)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
+    heads_only: list[str] = field(default_factory=list)  # tissue abbreviations: train only their own controller parts
 
     @classmethod
     def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -122,6 +123,40 @@ def parse_repeats(repeat: dict[str, int]) -> dict[int, int]:
     return out
 
 
+def _heads_only(config: TrainConfig) -> tuple[int, ...] | None:
+    """``--heads-only``'s task ids (None: off), checked before any work: it needs ``--init`` (the
+    trained network whose other parts it keeps) and refuses weight decay and the exclusion term,
+    which would move frozen weights or other tissues' heads."""
+    if not config.heads_only:
+        return None
+    names = ", ".join(config.heads_only)
+    if not config.init:
+        raise InvalidInputError(f"--heads-only {names}: needs --init CHECKPOINT, the trained network whose other "
+                                "parts it keeps")
+    if config.weight_decay:
+        raise InvalidInputError(f"--heads-only {names}: weight decay would move the frozen columns; use 0")
+    if config.exclusion:
+        raise InvalidInputError(f"--heads-only {names}: the exclusion term trains other tissues' heads; use 0")
+    return tuple(sorted({tissue(name).task_id for name in config.heads_only}))
+
+
+def _freeze_all_but_heads(model: OmniSeg, tasks: tuple[int, ...]) -> None:
+    """Freeze every weight but the controller columns that belong to ``tasks`` alone (the
+    scale-aware family's 256 x 162 map per tissue; the MIDL family's one-hot column): the backbone
+    and every other tissue's head stay bit-identical."""
+    from omniseg_rt.train.recipe import tissue_columns
+
+    mine = torch.zeros(model.controller_conv.weight.shape[1], dtype=torch.bool)
+    for task in tasks:
+        mine |= tissue_columns(model, task, TISSUES[task].scale_id)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    weight = model.controller_conv.weight
+    weight.requires_grad_(True)
+    keep = mine.to(weight.device, weight.dtype).view(1, -1, *([1] * (weight.dim() - 2)))
+    weight.register_hook(lambda grad: grad * keep)  # zero gradient (so zero Adam steps) elsewhere
+
+
 def _epochs_since_best(history: list[dict]) -> int:
     """Epochs run after the one with the best score (0 when the last epoch is the best)."""
     scores = [h["score"] for h in history]
@@ -173,6 +208,7 @@ def train(
         raise InvalidInputError(f"--head-init {config.head_init}: choose live or default")
     selection_score({}, config.select)  # a bad --select fails here, before any work
     repeats = parse_repeats(config.repeat)
+    tuned = _heads_only(config)
     if not 0 <= config.scale_jitter < 1:
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
     for option, weight in ((f"--exclusion {config.exclusion}", config.exclusion),
@@ -191,7 +227,15 @@ def train(
     if config.head_init == "live" and not config.init:
         init_live_heads(model, config.seed)
     model = model.to(device=device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
-    groups = param_groups(model, config.lr, config.controller_lr_scale)
+    if tuned is not None:
+        _freeze_all_but_heads(model, tuned)
+    groups = (param_groups(model, config.lr, config.controller_lr_scale) if tuned is None
+              else [{"params": [model.controller_conv.weight], "lr": config.lr * config.controller_lr_scale}])
+    # the patches the steps see: with --heads-only, only the tuned tissues' carry a gradient
+    step_idx = [i for i in train_idx if tuned is None or samples[i].task_id in tuned]
+    if tuned is not None and not step_idx:
+        raise InvalidInputError(f"--heads-only {', '.join(config.heads_only)}: {data} has no training patches "
+                                "of these tissues")
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -202,8 +246,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: max(0.0, 1.0 - e / config.epochs) ** config.poly_power)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    sampler = TaskBatchSampler([samples[i].task_id for i in train_idx], config.batch_size, config.seed, repeats)
-    loader = torch.utils.data.DataLoader(PatchDataset([samples[i] for i in train_idx]), batch_sampler=sampler,
+    sampler = TaskBatchSampler([samples[i].task_id for i in step_idx], config.batch_size, config.seed, repeats)
+    loader = torch.utils.data.DataLoader(PatchDataset([samples[i] for i in step_idx]), batch_sampler=sampler,
                                          num_workers=config.workers)
     zoom = (1 - config.scale_jitter, 1 + config.scale_jitter) if config.scale_jitter else ORIGINAL_SCALE
     aug = build_augmentation(zoom) if config.augment else None
