@@ -82,6 +82,9 @@ def main() -> None:
         recipe_text += "".join(f", {name} {w}" for name, w in r.get("consistency_for", {}).items())
     if r.get("ema"):
         recipe_text += f", weights averaged (EMA decay {r['ema']})"
+    if r.get("heads_only"):
+        recipe_text += (f", only {' and '.join(r['heads_only'])}'s own controller columns trained, on "
+                        "their patches (every other weight frozen: --heads-only)")
     epochs_text = (f"{earlier_epochs + len(history)} ({earlier_epochs} in the runs up to `{init}`, then "
                    f"{len(history)} in this one; {chosen})" if earlier_epochs else f"{len(history)} ({chosen})")
     by = {side: {row["abbrev"]: row for row in sides[side]["tissues"]} for side in sides}
