@@ -183,8 +183,8 @@ def test_keep_float_chooses_the_float_convolutions_and_names_a_bad_one(calibrati
     windows = load_windows(calibration, "5x")[:2]
     default = quantize_int8(DEMO_GRAPH, windows, tmp_path / "default.onnx")
     fast = quantize_int8(DEMO_GRAPH, windows, tmp_path / "fast.onnx", keep_float=("first", "last"))
-    # first + last + layer0 (2) + layer1 (5) + x2_resb (3) + x1_resb (2)
-    assert len(default["kept_float"]["nodes"]) == 14 and len(fast["kept_float"]["nodes"]) == 2
+    # first + last + layer0 (2) + layer1 (5) + x4_resb (3) + x2_resb (3) + x1_resb (2)
+    assert len(default["kept_float"]["nodes"]) == 17 and len(fast["kept_float"]["nodes"]) == 2
     assert fast["quantize_linear_nodes"] > default["quantize_linear_nodes"]
     graph = onnx.load(str(tmp_path / "default.onnx"))
     quantized = {n.input[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}

@@ -6,8 +6,8 @@ ONNX Runtime's ``quantize_static`` (QDQ format; the default) and OpenVINO's NNCF
 (``nncf.quantize``, performance preset = symmetric; it quantizes non-negative activations as
 *unsigned* int8, which OpenVINO and ONNX Runtime run but TensorRT does not accept). Only the backbone's convolutions are
 quantized: the controller and the dynamic heads (MatMul) stay float, and so do, unless asked
-otherwise, the first and last convolution and the full- and half-resolution blocks (the stem's
-``layer0`` and ``layer1``, the decoder's ``x2_resb``/``x1_resb``) -- the layers whose rounding
+otherwise, the first and last convolution and the full-, half- and (decoder) quarter-resolution
+blocks (the stem's ``layer0`` and ``layer1``, the decoder's ``x4_resb``/``x2_resb``/``x1_resb``) -- the layers whose rounding
 costs Dice (DEVELOPERS.md, "INT8": measured per block on the bundled model).
 Activation ranges default to the 99.999th percentile of |activation| (ONNX Runtime's
 ``Percentile`` method): plain min/max lets rare outliers stretch the scale and cost the sparse
@@ -39,7 +39,7 @@ METHODS = ("percentile", "minmax", "entropy")
 DEFAULT_METHOD = "percentile"
 TOOLS = ("onnxruntime", "nncf")
 #: convolutions that stay float by default (the heads always do): "first", "last", node-name prefixes
-KEEP_FLOAT = ("first", "last", "/layer0/", "/layer1/", "/x2_resb/", "/x1_resb/")
+KEEP_FLOAT = ("first", "last", "/layer0/", "/layer1/", "/x4_resb/", "/x2_resb/", "/x1_resb/")
 
 
 def quantize_int8(graph: Path, windows: np.ndarray, out: Path, method: str = DEFAULT_METHOD,

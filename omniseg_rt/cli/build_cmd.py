@@ -31,8 +31,8 @@ def build(
         "onnxruntime"),
     int8_keep_float: Annotated[Optional[str], typer.Option(
         help="int8: convolutions left float, comma-separated: first, last or the start of a node name. Default "
-             "first,last,/layer0/,/layer1/,/x2_resb/,/x1_resb/ (the full- and half-resolution blocks: what passes "
-             "the gate); "
+             "first,last,/layer0/,/layer1/,/x4_resb/,/x2_resb/,/x1_resb/ (the full- and half-resolution blocks "
+             "and the decoder's quarter-resolution one: what passes the gate); "
              "first,last is faster where the gate allows it.")] = None,
     min_dice: Annotated[float, typer.Option(help="Accuracy gate: minimum Dice vs fp32 for every tissue.")] = 0.97,
     compile: Annotated[Optional[str], typer.Option(
