@@ -17,7 +17,7 @@ there; the kidney cases are slides written at run time from the shared kidney pa
 group's tissues at the group's own pixel size (``bench_pipeline.kidney_slide``: 2048^2 px, a
 mosaic of real patches in an ellipse on glass). Summaries are per set of cases.
 
-    python benchmarks/bench_overlap.py [--engine DIR] [--overlaps 0 128 192 240] [--sigmas 0.125 0.25]
+    python benchmarks/bench_overlap.py [--engine DIR | --checkpoint CKPT] [--overlaps 0 128 192 240] [--sigmas 0.125 0.25]
         [--cases slides kidney] [--ceiling]
 """
 
@@ -146,10 +146,14 @@ def main() -> None:
                    help="the shared real slides and/or slides written from the kidney patches")
     p.add_argument("--ceiling", action="store_true",
                    help="also a second dense reference with other jitter: its Dice with the first is the ceiling")
+    p.set_defaults(checkpoint=None)  # not the common conformance checkpoint: the bundled demo model by default
     args = p.parse_args()
+    if args.engine and args.checkpoint:
+        p.error("--engine or --checkpoint, not both")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        engine_dir = args.engine or build_engine(None, out=Path(tmp) / "engine", threads=args.threads)[0]
+        # an engine built here from --checkpoint (or the bundled demo model), unless --engine names one
+        engine_dir = args.engine or build_engine(args.checkpoint, out=Path(tmp) / "engine", threads=args.threads)[0]
         with open_engine(engine_dir, threads=args.threads) as engine:
             cases = [("slides", c) for c in (CASES if "slides" in args.cases else [])]
             cases += [("kidney", c) for c in (kidney_cases(Path(tmp)) if "kidney" in args.cases else [])]
