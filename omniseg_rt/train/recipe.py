@@ -45,6 +45,7 @@ tissues: ``select="harmonic"`` scores an epoch by the harmonic mean of the per-t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -128,6 +129,16 @@ def tissue_columns(model: torch.nn.Module, task: int, scale: int) -> torch.Tenso
     return mine
 
 
+def own_columns(model: torch.nn.Module, tasks: Iterable[int]) -> torch.Tensor:
+    """bool [C_in]: the union of :func:`tissue_columns` of ``tasks``, each at its own scale id."""
+    from omniseg_rt.tissues import TISSUES
+
+    mine = torch.zeros(model.controller_conv.weight.shape[1], dtype=torch.bool)
+    for task in tasks:
+        mine |= tissue_columns(model, task, TISSUES[task].scale_id)
+    return mine
+
+
 class OtherTissuesKept:
     """``with OtherTissuesKept(optimizer, model, task, scale, enabled): optimizer.step()`` leaves the
     controller columns of every other tissue -- weights and optimizer state -- exactly as they were
@@ -143,14 +154,10 @@ class OtherTissuesKept:
         self.optimizer, self.weight = optimizer, model.controller_conv.weight
         self.enabled = enabled
         if enabled:
-            specific = torch.zeros(self.weight.shape[1], dtype=torch.bool)
-            from omniseg_rt.tissues import TISSUES
+            from omniseg_rt.tissues import NUM_TASKS
 
-            for other in TISSUES:
-                specific |= tissue_columns(model, other.task_id, other.scale_id)
-            trained = tissue_columns(model, task, scale)
-            for other in also:
-                trained |= tissue_columns(model, other, TISSUES[other].scale_id)
+            specific = own_columns(model, range(NUM_TASKS))
+            trained = tissue_columns(model, task, scale) | own_columns(model, also)
             self.frozen = (specific & ~trained).to(self.weight.device)
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 

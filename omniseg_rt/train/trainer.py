@@ -144,11 +144,9 @@ def _freeze_all_but_heads(model: OmniSeg, tasks: tuple[int, ...]) -> None:
     """Freeze every weight but the controller columns that belong to ``tasks`` alone (the
     scale-aware family's 256 x 162 map per tissue; the MIDL family's one-hot column): the backbone
     and every other tissue's head stay bit-identical."""
-    from omniseg_rt.train.recipe import tissue_columns
+    from omniseg_rt.train.recipe import own_columns
 
-    mine = torch.zeros(model.controller_conv.weight.shape[1], dtype=torch.bool)
-    for task in tasks:
-        mine |= tissue_columns(model, task, TISSUES[task].scale_id)
+    mine = own_columns(model, tasks)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     weight = model.controller_conv.weight
@@ -229,8 +227,7 @@ def train(
     model = model.to(device=device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
     if tuned is not None:
         _freeze_all_but_heads(model, tuned)
-    groups = (param_groups(model, config.lr, config.controller_lr_scale) if tuned is None
-              else [{"params": [model.controller_conv.weight], "lr": config.lr * config.controller_lr_scale}])
+    groups = param_groups(model, config.lr, config.controller_lr_scale)  # frozen weights get no gradient: no step
     # the patches the steps see: with --heads-only, only the tuned tissues' carry a gradient
     step_idx = [i for i in train_idx if tuned is None or samples[i].task_id in tuned]
     if tuned is not None and not step_idx:
