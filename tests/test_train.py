@@ -384,7 +384,9 @@ def test_a_step_with_the_exclusion_term_trains_the_excluded_heads_too():
                                              ({"ema": 1.0}, "--ema 1.0"),
                                              ({"consistency": -1.0}, "--consistency -1.0"),
                                              ({"consistency_for": {"VES": -2.0}}, "--consistency-for VES=-2.0"),
-                                             ({"consistency_for": {"XYZ": 1.0}}, "XYZ")])
+                                             ({"consistency_for": {"XYZ": 1.0}}, "XYZ"),
+                                             ({"context": -1.0}, "--context -1.0"),
+                                             ({"context": 1.0, "context_margin": 40}, "context margin 40")])
 def test_bad_zoom_or_exclusion_weight_is_refused_before_training(tmp_path, option, message):
     from omniseg_rt.train.trainer import TrainConfig, train
 
@@ -438,6 +440,37 @@ def test_a_run_with_the_consistency_term_trains_and_logs_it(tmp_path):
     a = torch.load(tmp_path / "plain" / "last.pth", weights_only=True)
     b = torch.load(tmp_path / "both" / "last.pth", weights_only=True)
     assert b["omniseg_rt"]["recipe"]["consistency"] == 1.0 and both["epochs"] == plain["epochs"] == 1
+    assert b["history"][0]["loss"] > a["history"][0]["loss"]  # the same steps plus a non-negative term
+
+
+def test_a_patch_in_context_sits_whole_inside_other_tissue():
+    from omniseg_rt.train.losses import in_context
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.stack([torch.full((3, 32, 32), float(i)) for i in range(3)])
+    images[:, :, 0, 0] = -1.0  # a marked corner: the mirrored context must come from the next patch
+    origins = set()
+    for _ in range(50):
+        canvas, y, x = in_context(images, 16, generator)
+        assert canvas.shape == (3, 3, 48, 48) and 0 <= y <= 16 and 0 <= x <= 16
+        assert torch.equal(canvas[..., y:y + 32, x:x + 32], images)
+        outside = torch.ones(48, 48, dtype=torch.bool)
+        outside[y:y + 32, x:x + 32] = False
+        for i in range(3):  # around patch i only patch i - 1's pixels
+            assert set(canvas[i][:, outside].unique().tolist()) <= {float((i - 1) % 3), -1.0}
+        origins.add((y, x))
+    assert len(origins) > 10  # the patch does not always sit at the same place
+    alone, y, x = in_context(images[:1], 16, generator)  # a batch of one is its own context
+    assert set(alone.unique().tolist()) == {0.0, -1.0}
+
+
+def test_a_run_with_the_context_term_trains_and_logs_it(tmp_path):
+    data = make_small_set(tmp_path / "set")
+    _train(data, tmp_path / "plain", epochs=1, augment=False)
+    _train(data, tmp_path / "both", epochs=1, augment=False, context=1.0, context_margin=16)
+    a = torch.load(tmp_path / "plain" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "both" / "last.pth", weights_only=True)
+    assert b["omniseg_rt"]["recipe"]["context"] == 1.0 and b["omniseg_rt"]["recipe"]["context_margin"] == 16
     assert b["history"][0]["loss"] > a["history"][0]["loss"]  # the same steps plus a non-negative term
 
 

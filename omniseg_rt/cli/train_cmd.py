@@ -61,6 +61,10 @@ def train(
         help="TISSUE=W: that tissue's weight of the consistency term instead of --consistency's "
              "(repeatable, e.g. --consistency 24 --consistency-for VES=8: a strong term costs sparse "
              "tissues the fit to their patches).")] = None,
+    context: Annotated[float, typer.Option(
+        help="Weight of the loss of each patch seen again inside other tissue (a canvas 128 px wider, the "
+             "batch's next patch around it): heads that keep their answer whatever surrounds a window "
+             "(steadier slide masks). 0: off.")] = 0.0,
     ema: Annotated[float, typer.Option(
         help="Validate and save a moving average of the weights, updated after every step with this decay "
              "(0: off; 0.995 averages over about 200 steps). Steadier on small data.")] = 0.0,
@@ -88,7 +92,7 @@ def train(
         select=select, val_fraction=val_fraction,
         seed=seed, device=device, amp=amp, workers=workers, family=family, init=str(init) if init else None,
         augment=augment, scale_jitter=scale_jitter, exclusion=exclusion, stain_jitter=stain_jitter,
-        consistency=consistency, consistency_for=_weights(consistency_for or []), ema=ema, patience=patience,
+        consistency=consistency, consistency_for=_weights(consistency_for or []), context=context, ema=ema, patience=patience,
         repeat=_repeats(repeat or []), heads_only=_names(heads_only))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())

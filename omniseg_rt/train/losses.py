@@ -1,7 +1,8 @@
 """The training loss: Dice + BCE per channel, weighted 1.2 on a 2-pixel ring outside objects (the
 original's), optionally with the BCE balanced between foreground and background per patch; the
 exclusion term that turns one tissue's labels into negatives for the tissues it cannot be; and the
-consistency term that asks a crop to agree with the whole patch where they overlap."""
+consistency term that asks a crop to agree with the whole patch where they overlap; and the
+context canvases in which a patch is also learnt inside other tissue."""
 
 from __future__ import annotations
 
@@ -87,3 +88,21 @@ def consistency_loss(crop_logits: torch.Tensor, whole_logits: torch.Tensor) -> t
         return torch.sigmoid(logits[:, 1] - logits[:, 0])
 
     return F.mse_loss(probability(crop_logits), probability(whole_logits).detach())
+
+
+def in_context(images: torch.Tensor, margin: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, int]:
+    """Each patch of ``images`` [N, 3, h, w] inside a canvas [N, 3, h + margin, w + margin] of
+    other tissue, and the patch's origin (y, x) in it (integers in 0..margin, the same for the batch).
+
+    The context is the batch's next patch (rolled by one; a batch of one sees itself), mirrored
+    into a 2 x 2 tiling so that no edge is a cut. A slide window sees a patch's pixels with
+    whatever surrounds them, and the GroupNorm statistics and pooled conditioning of the window
+    change with it: trained on patches alone, the heads change their mind with the context
+    (DEVELOPERS.md, "Overlap and blending"); learnt in context, they should not."""
+    n, c, h, w = images.shape
+    other = images.roll(1, dims=0)
+    tiles = torch.cat([other, other.flip(-1)], dim=-1)
+    canvas = torch.cat([tiles, tiles.flip(-2)], dim=-2)[..., :h + margin, :w + margin].clone()
+    y, x = (int(v) for v in torch.randint(margin + 1, (2,), generator=generator))
+    canvas[..., y:y + h, x:x + w] = images
+    return canvas, y, x

@@ -32,11 +32,12 @@ artery), yet the original trains only the batch's own head. ``exclusion`` > 0 ad
 (:func:`omniseg_rt.train.losses.exclusion_loss`) for :func:`exclusive_tissues`. Off by default:
 on the 72 demo patches it cost the proximal tubules more than it gave the others (DEVELOPERS.md).
 
-And one for the slide pipeline: neighbouring windows disagree because the pooled conditioning
-and the GroupNorm statistics are per window. ``consistency`` > 0 asks a random crop of each patch
-to predict what the whole patch predicts on the same pixels
-(:func:`omniseg_rt.train.losses.consistency_loss`). Off by default (DEVELOPERS.md, "Overlap and
-blending").
+And two for the slide pipeline: neighbouring windows disagree because the GroupNorm statistics
+are per window (measured: not the pooled conditioning). ``consistency`` > 0 asks a random crop of
+each patch to predict what the whole patch predicts on the same pixels
+(:func:`omniseg_rt.train.losses.consistency_loss`); ``context`` > 0 adds the loss of each patch
+seen again inside a wider canvas of other tissue (:func:`omniseg_rt.train.losses.in_context`).
+Both off by default (DEVELOPERS.md, "Overlap and blending").
 
 Selecting the checkpoint by the mean validation Dice let four zeros hide behind two good
 tissues: ``select="harmonic"`` scores an epoch by the harmonic mean of the per-tissue Dice.

@@ -21,7 +21,7 @@ from omniseg_rt.train.averaging import WeightAverage, check_decay
 from omniseg_rt.train.augment import ORIGINAL_SCALE, augment, build_augmentation
 from omniseg_rt.train.checkpoints import data_hash, load_training_state, save_checkpoint, versions
 from omniseg_rt.train.dataset import Sample, discover, load_sample, split_by_source
-from omniseg_rt.train.losses import consistency_loss, context_crop, dice_bce_loss, exclusion_loss
+from omniseg_rt.train.losses import consistency_loss, context_crop, dice_bce_loss, exclusion_loss, in_context
 from omniseg_rt.train.recipe import (RECIPES, OtherTissuesKept, exclusive_tissues, init_live_heads, param_groups,
                                      selection_score)
 from omniseg_rt.train.sampler import TaskBatchSampler
@@ -65,6 +65,8 @@ class TrainConfig:
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; augment.hed_jitter)
     consistency: float = 0.0  # weight of the crop-vs-whole agreement term (losses.consistency_loss; 0: off)
     consistency_for: dict[str, float] = field(default_factory=dict)  # tissue abbreviation -> its own weight
+    context: float = 0.0  # weight of the loss of each patch inside other tissue (losses.in_context; 0: off)
+    context_margin: int = 128  # px of other tissue the context canvas adds to a patch's side
     ema: float = 0.0  # per-step decay of the weights' moving average, validated and saved (0: off; averaging.py)
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     repeat: dict[str, int] = field(default_factory=dict)  # tissue abbreviation -> passes over its patches per epoch
@@ -211,9 +213,12 @@ def train(
         raise InvalidInputError(f"--scale-jitter {config.scale_jitter}: a zoom range 1 +- s needs 0 <= s < 1 (e.g. 0.1)")
     for option, weight in ((f"--exclusion {config.exclusion}", config.exclusion),
                            (f"--consistency {config.consistency}", config.consistency),
+                           (f"--context {config.context}", config.context),
                            *((f"--consistency-for {name}={w}", w) for name, w in config.consistency_for.items())):
         if not weight >= 0:
             raise InvalidInputError(f"{option}: a loss weight must be >= 0 (0: off)")
+    if config.context and (config.context_margin <= 0 or config.context_margin % 16):
+        raise InvalidInputError(f"context margin {config.context_margin}: a positive multiple of 16 px (the backbone's grid)")
     # task id -> the consistency term's weight; an unknown tissue is an error naming it, before any work
     own = {tissue(name).task_id: weight for name, weight in config.consistency_for.items()}
     consistency = {t.task_id: own.get(t.task_id, config.consistency) for t in TISSUES}
@@ -308,6 +313,11 @@ def train(
                     crop = model.forward_tasks(x[..., y:y + size, x0:x0 + size].contiguous(), [task])
                 whole = logits[:, 0, :, y:y + size, x0:x0 + size]
                 loss = loss + consistency[task] * consistency_loss(crop[:, 0].float(), whole.float())
+            if config.context:
+                canvas, y, x0 = in_context(x, config.context_margin)
+                with torch.autocast(device.type, enabled=scaler.is_enabled()):
+                    seen_in = model.forward_tasks(canvas, [task])[:, 0, :, y:y + x.shape[-2], x0:x0 + x.shape[-1]]
+                loss = loss + config.context * dice_bce_loss(seen_in.float(), m, balanced=config.balanced_loss)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             with OtherTissuesKept(optimizer, model, task, TISSUES[task].scale_id, config.keep_other_tissues, others):
