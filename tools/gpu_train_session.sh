@@ -7,7 +7,8 @@
 #      as fit TRAIN_SECONDS (default 380), at most MAX_EPOCHS (default 600);
 #   2. trains: the default recipe (LR=... to change its learning rate) + --consistency ${CONSISTENCY:-8}
 #      --ema 0.995, DT and VES patches twice and PTC's three times per epoch, AMP, 4 loader workers
-#      (INIT=CKPT: from those weights instead of from scratch);
+#      (INIT=CKPT: from those weights instead of from scratch; CONTEXT=W adds --context W, each patch
+#      learnt again inside other tissue: steadier slide masks, about 4x the compute per step);
 #   3. evaluates the new best and last weights and the bundled model on the held-out and training
 #      patches (CPU, the same code as `omniseg-rt evaluate --split val|train`): eval.json;
 #   4. brings back best.pth and last.pth as release checkpoints (float16) and history.json:
@@ -25,7 +26,7 @@ device=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the script here (with small T
 if [ "$device" = cuda ]; then . tools/gpu_env.sh kornia openslide shapely; fi
 data=${DATA:-.gpu/shared/data/kidney_patches}
 stage() { echo "== $(date +%T) $*"; }
-recipe=(${LR:+--lr "$LR"} --consistency "${CONSISTENCY:-8}" --ema 0.995 --repeat DT=2 --repeat VES=2 --repeat PTC=3
+recipe=(${LR:+--lr "$LR"} --consistency "${CONSISTENCY:-8}" ${CONTEXT:+--context "$CONTEXT"} --ema 0.995 --repeat DT=2 --repeat VES=2 --repeat PTC=3
         --seed 0 --device "$device" --amp --workers 4 ${INIT:+--init "$INIT"})
 
 rm -rf /tmp/probe /tmp/run  # a warm machine keeps /tmp between calls
