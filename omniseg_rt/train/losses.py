@@ -99,7 +99,7 @@ def in_context(images: torch.Tensor, margin: int, generator: torch.Generator | N
     whatever surrounds them, and the GroupNorm statistics and pooled conditioning of the window
     change with it: trained on patches alone, the heads change their mind with the context
     (DEVELOPERS.md, "Overlap and blending"); learnt in context, they should not."""
-    n, c, h, w = images.shape
+    h, w = images.shape[-2:]
     other = images.roll(1, dims=0)
     tiles = torch.cat([other, other.flip(-1)], dim=-1)
     canvas = torch.cat([tiles, tiles.flip(-2)], dim=-2)[..., :h + margin, :w + margin].clone()
